@@ -1,0 +1,162 @@
+//! Transport-independent NVMe controller model with one Zoned Namespace backed by a
+//! `qcow2zoned` image.
+//!
+//! API CONTRACT (fixed; the server codes against it). Bodies are to be written; internal
+//! modules (regs, wire, cmd, queue, prp, admin, io, zns, identify, log, status) are private
+//! choices of this crate.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+use qcow2zoned::ZonedImage;
+use std::io::IoSliceMut;
+use std::sync::Arc;
+
+/// A guest-memory access that could not be done (unmapped or read-only address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("Guest address {addr:#x} (+{len}) is not mapped for this access")]
+pub struct DmaError {
+    /// Guest physical address.
+    pub addr: u64,
+    /// Length of the access.
+    pub len: u64,
+}
+
+/// Guest memory as the transport sees it (implemented by the server over DMA maps, and by a
+/// Vec-backed fake under the `test-utils` feature).
+pub trait GuestMemory: Send + Sync {
+    /// Copy `buf.len()` bytes from guest address `addr`.
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), DmaError>;
+    /// Copy `data` to guest address `addr`.
+    fn write(&self, addr: u64, data: &[u8]) -> Result<(), DmaError>;
+    /// Zero-copy I/O: call `f` with host slices covering the guest ranges `(addr, len)`, in
+    /// order. `for_write` is true when the device will write into guest memory (a Read command).
+    /// Returns what `f` returned, or a DmaError if a range is not mapped.
+    fn with_slices(
+        &self,
+        ranges: &[(u64, u64)],
+        for_write: bool,
+        f: &mut dyn FnMut(&mut [IoSliceMut<'_>]) -> std::io::Result<()>,
+    ) -> Result<std::io::Result<()>, DmaError>;
+}
+
+/// Doorbell values written by the guest (the server reads them from its shared doorbell page).
+pub trait Doorbells: Send + Sync {
+    /// Current SQ `qid` tail doorbell value.
+    fn sq_tail(&self, qid: u16) -> u32;
+    /// Current CQ `qid` head doorbell value.
+    fn cq_head(&self, qid: u16) -> u32;
+    /// Clear every doorbell (on controller enable/reset).
+    fn clear(&self);
+}
+
+/// Interrupt delivery.
+pub trait Interrupts: Send + Sync {
+    /// Raise MSI-X vector `vector` (or the pin interrupt when MSI-X is disabled; vector 0).
+    fn raise(&self, vector: u16);
+}
+
+/// Everything a controller needs from its host, bundled for calls.
+pub struct HostEnv<'a> {
+    /// Guest memory.
+    pub mem: &'a dyn GuestMemory,
+    /// Doorbells.
+    pub doorbells: &'a dyn Doorbells,
+    /// Interrupts.
+    pub irq: &'a dyn Interrupts,
+}
+
+/// Controller configuration.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// Namespace LBA size: 512 or 4096.
+    pub lba_size: u32,
+    /// Max I/O queue pairs offered (1..=255 with a 4 KiB doorbell page).
+    pub max_io_queues: u16,
+    /// MDTS as a power of two of 4 KiB pages (e.g. 7 = 512 KiB).
+    pub mdts: u8,
+    /// Serial number (ASCII).
+    pub serial: String,
+    /// Advertise a volatile write cache (writeback cache mode).
+    pub volatile_write_cache: bool,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        ControllerConfig {
+            lba_size: 4096,
+            max_io_queues: 4,
+            mdts: 7,
+            serial: "ZNSD0001".into(),
+            volatile_write_cache: true,
+        }
+    }
+}
+
+/// Why a namespace image cannot be served as an NVMe ZNS namespace a Linux host accepts.
+#[derive(Debug, thiserror::Error)]
+#[error("Image cannot be served as a ZNS namespace: {0}")]
+pub struct GeometryError(pub String);
+
+/// What a register write asks the transport to do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RegEffect {
+    /// The controller was enabled (CC.EN 0->1) or reset: pollers should re-read queue state.
+    pub queues_changed: bool,
+}
+
+/// The controller: BAR0 registers, admin and I/O queues, the zoned namespace.
+/// Shared as `Arc<Controller>` between the transport thread (registers) and queue pollers.
+pub struct Controller {
+    _private: (),
+}
+
+impl Controller {
+    /// Build a controller over `ns`; refuses geometries Linux cannot use as ZNS.
+    pub fn new(ns: Arc<ZonedImage>, cfg: ControllerConfig) -> Result<Controller, GeometryError> {
+        let _ = (ns, cfg);
+        todo!()
+    }
+    /// The namespace image.
+    pub fn namespace(&self) -> &Arc<ZonedImage> {
+        todo!()
+    }
+    /// Read a BAR0 register (offset < 0x1000, size 4 or 8; other sizes/offsets read as 0).
+    pub fn mmio_read(&self, offset: u64, data: &mut [u8]) {
+        let _ = (offset, data);
+        todo!()
+    }
+    /// Write a BAR0 register (offset < 0x1000). CC.EN 1->0 resets: drops every I/O queue and
+    /// pending command (waits for commands being executed by pollers). `env.doorbells.clear()`
+    /// is called on enable and reset.
+    pub fn mmio_write(&self, env: &HostEnv<'_>, offset: u64, data: &[u8]) -> RegEffect {
+        let _ = (env, offset, data);
+        todo!()
+    }
+    /// Process the admin queue: fetch new SQEs up to the tail doorbell, execute, post CQEs,
+    /// raise interrupts. Returns the number of commands completed.
+    pub fn process_admin(&self, env: &HostEnv<'_>) -> usize {
+        let _ = env;
+        todo!()
+    }
+    /// Process the I/O queue pairs `qid` with `qid % pollers == poller` (qid >= 1). Also
+    /// re-reads CQ heads so posting resumes when the guest frees CQ slots. Returns the number
+    /// of commands completed (0 = idle, the poller may back off).
+    pub fn process_io(&self, env: &HostEnv<'_>, poller: usize, pollers: usize) -> usize {
+        let _ = (env, poller, pollers);
+        todo!()
+    }
+    /// Whether the controller is enabled and ready (CSTS.RDY).
+    pub fn ready(&self) -> bool {
+        todo!()
+    }
+    /// Interrupt vectors in use by CQs (for the transport's MSI-X bookkeeping).
+    pub fn max_vectors(&self) -> u16 {
+        todo!()
+    }
+    /// Controller-level reset from the transport (device reset / client gone): like CC.EN 1->0
+    /// then registers back to power-on values. Flushes the namespace.
+    pub fn reset(&self, env: &HostEnv<'_>) {
+        let _ = env;
+        todo!()
+    }
+}
