@@ -1,7 +1,61 @@
 //! Pure zone state machine: no I/O, no locks, no clock.
 //!
 //! Units are bytes on the virtual disk (the NVMe layer converts LBAs).
-//! API CONTRACT (fixed; other crates code against it). Bodies are to be written.
+//! API CONTRACT (fixed; other crates code against it).
+//!
+//! # Model
+//!
+//! Every sequential zone keeps two write pointers: the *reserved* one, advanced when a
+//! write or append is admitted (`begin_write`/`begin_append`), which orders submissions,
+//! and the *committed* one, advanced by `complete_write` over the contiguous prefix of
+//! finished reservations. Reports and the persisted word use the committed pointer, so a
+//! persisted write pointer never runs ahead of data the storage layer has made durable.
+//!
+//! Open resources are implicitly + explicitly opened zones, active resources are open +
+//! closed zones; a limit of 0 means unlimited. When the open limit is reached, the least
+//! recently written implicitly opened zone is closed to make room (zones without writes in
+//! flight are preferred); explicitly opened zones are never closed by the controller.
+//!
+//! # Decisions where the specification leaves a choice
+//!
+//! * Zero-length write or append: refused with [`ZoneError::InvalidWrite`] after the range
+//!   checks; no reservation is created. NVMe cannot express one (NLB is 0's based), so only
+//!   a caller bug gets here. A zero-length read is accepted if its offset is on the disk.
+//! * Close of an opened zone whose write pointer is still at its start: it becomes Closed
+//!   (as QEMU does) and keeps its active resource; the word carries the Closed nibble so
+//!   it comes back Closed after a restart.
+//! * An opened zone (implicit or explicit) is persisted like a Closed one: after a restart
+//!   every opened zone is Closed, including one that was opened with nothing written.
+//! * Failed write (`complete_write(.., false)`): if the reservation is the last one of its
+//!   zone, the reserved pointer goes back to its offset. An implicitly opened zone that is
+//!   back at its start with nothing in flight and no attributes returns to Empty. A zone
+//!   that had become Full by that reservation returns to Empty (same condition) or Closed
+//!   if an active resource is free; otherwise it stays Full and the range is handled as in
+//!   the next case. A failed reservation that is not the last one cannot be undone (later
+//!   data is already placed after it): the range counts as written (a hole that reads
+//!   whatever the failed I/O left, normally zeros) and the committed pointer moves past it.
+//! * Select All Open is atomic: it first checks that every Closed zone can be opened
+//!   (evicting implicitly opened zones as needed) and fails with Too Many Open Zones
+//!   without changing anything otherwise. Its scope is the set of zones Closed when the
+//!   command starts; zones it evicts stay Closed.
+//! * Management while writes are in flight to the zone:
+//!   - Close keeps the reservations; they complete normally and advance the committed
+//!     pointer of the now Closed zone; the next write goes at the reserved pointer.
+//!   - Finish and Reset drop the zone's reservations: their later `complete_write` is a
+//!     no-op returning false. Finish zeroes from the *reserved* pointer (equal to the
+//!     committed one when nothing is in flight), so data already on its way is kept, and
+//!     sets the write pointer to the end of the capacity. Reset asks to zero the whole zone;
+//!     the storage layer must apply that zeroing after the zone's data writes have finished
+//!     ([`ZoneSet::in_flight`] tells whether any are outstanding), or drain them first.
+//!   - Forcing a zone read-only or offline also drops its reservations.
+//!
+//! # Persisted word
+//!
+//! Bits 0-50: committed write pointer (absolute byte offset); bits 51-58: ZA byte; bit 59:
+//! conventional zone; bits 60-63: a state nibble, non-zero only where the write pointer
+//! alone cannot tell the state: 0x4 for an active zone whose write pointer is at its start,
+//! 0xD read only, 0xF offline. Otherwise wp == start is Empty, wp >= start + capacity is
+//! Full and anything between is Closed.
 
 use bitflags::bitflags;
 
@@ -147,6 +201,8 @@ pub struct WriteTicket {
     pub len: u64,
     /// Zone that was implicitly closed to make room (its word must be persisted), if any.
     pub evicted: Option<u32>,
+    /// Reservation identifier (0 for conventional zones, which keep no reservations).
+    seq: u64,
 }
 
 /// What a management operation changed, for the storage layer to persist / apply.
@@ -173,11 +229,45 @@ pub enum ZoneAction {
     Offline,
 }
 
+/// One admitted write whose data I/O has not been reported back yet.
+#[derive(Debug, Clone, Copy)]
+struct Reservation {
+    seq: u64,
+    offset: u64,
+    len: u64,
+    /// Completed (successfully, or failed but impossible to undo).
+    done: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Zone {
+    start: u64,
+    conventional: bool,
+    state: ZoneState,
+    /// Write pointer covering only finished writes (reported and persisted).
+    committed: u64,
+    /// Write pointer where the next write must start.
+    reserved: u64,
+    attrs: ZoneAttrs,
+    /// Admitted writes, in offset order, contiguous from `committed` to `reserved`.
+    inflight: Vec<Reservation>,
+    /// Stamp of the last admitted write, for least-recently-used eviction.
+    last_write: u64,
+}
+
 /// The zones of one zoned device with their open/active accounting.
 #[derive(Debug, Clone)]
 pub struct ZoneSet {
-    // private fields chosen by the implementer
-    _private: (),
+    geom: ZoneGeometry,
+    zones: Vec<Zone>,
+    /// Implicitly + explicitly opened zones.
+    nr_open: u32,
+    /// Opened + closed zones.
+    nr_active: u32,
+    /// Source of `Zone::last_write` stamps.
+    clock: u64,
+    /// Source of reservation identifiers (never 0).
+    next_seq: u64,
 }
 
 /// Persisted 64-bit zone word layout helpers (see docs/qcow2-zoned.md).
@@ -198,92 +288,706 @@ pub mod word {
     pub const STATE_OFFLINE: u64 = 0xF;
 }
 
+/// Resources a state holds: (open, active).
+fn holds(state: ZoneState) -> (bool, bool) {
+    match state {
+        ZoneState::ImplicitlyOpened | ZoneState::ExplicitlyOpened => (true, true),
+        ZoneState::Closed => (false, true),
+        _ => (false, false),
+    }
+}
+
 impl ZoneGeometry {
     /// Checks every rule (power of two, capacity, limits, counts) given the virtual disk size.
     /// Error text names the field and the value.
     pub fn validate(&self, disk_size: u64) -> std::result::Result<(), String> {
-        let _ = disk_size;
-        todo!()
+        let zs = self.zone_size;
+        if zs < 512 || !zs.is_power_of_two() {
+            return Err(format!(
+                "zone_size {zs} must be a power of two and a multiple of 512"
+            ));
+        }
+        let cap = self.zone_capacity;
+        if cap < 512 || cap > zs || cap & 511 != 0 {
+            return Err(format!(
+                "zone_capacity {cap} must be a multiple of 512 between 512 and zone_size {zs}"
+            ));
+        }
+        if disk_size & (zs - 1) != 0 {
+            return Err(format!(
+                "disk size {disk_size} is not a multiple of zone_size {zs}"
+            ));
+        }
+        if disk_size > word::WP_MASK {
+            return Err(format!(
+                "disk size {disk_size} does not fit the 51-bit write pointer"
+            ));
+        }
+        if disk_size / zs != u64::from(self.nr_zones) {
+            return Err(format!(
+                "nr_zones {} does not match disk size {disk_size} / zone_size {zs} = {}",
+                self.nr_zones,
+                disk_size / zs
+            ));
+        }
+        if self.conventional_zones >= self.nr_zones {
+            return Err(format!(
+                "conventional_zones {} must be below nr_zones {}",
+                self.conventional_zones, self.nr_zones
+            ));
+        }
+        let seq = self.nr_zones - self.conventional_zones;
+        if self.max_open > seq {
+            return Err(format!(
+                "max_open {} exceeds the {seq} sequential zones",
+                self.max_open
+            ));
+        }
+        if self.max_active > seq {
+            return Err(format!(
+                "max_active {} exceeds the {seq} sequential zones",
+                self.max_active
+            ));
+        }
+        if self.max_open != 0 && self.max_active != 0 && self.max_open > self.max_active {
+            return Err(format!(
+                "max_open {} exceeds max_active {}",
+                self.max_open, self.max_active
+            ));
+        }
+        Ok(())
+    }
+
+    /// Virtual disk size covered by the zones.
+    fn disk_size(&self) -> u64 {
+        u64::from(self.nr_zones).saturating_mul(self.zone_size)
     }
 }
 
 impl ZoneSet {
     /// Fresh set: every sequential zone Empty.
+    ///
+    /// The geometry should have passed [`ZoneGeometry::validate`]; a bad one never makes
+    /// this type panic, but its answers are then meaningless.
     pub fn new(geom: ZoneGeometry) -> Self {
-        let _ = geom;
-        todo!()
+        let zones = (0..geom.nr_zones)
+            .map(|i| {
+                let start = u64::from(i).saturating_mul(geom.zone_size);
+                let conventional = i < geom.conventional_zones;
+                Zone {
+                    start,
+                    conventional,
+                    state: if conventional {
+                        ZoneState::NotWritePointer
+                    } else {
+                        ZoneState::Empty
+                    },
+                    committed: start,
+                    reserved: start,
+                    attrs: ZoneAttrs::empty(),
+                    inflight: Vec::new(),
+                    last_write: 0,
+                }
+            })
+            .collect();
+        ZoneSet {
+            geom,
+            zones,
+            nr_open: 0,
+            nr_active: 0,
+            clock: 0,
+            next_seq: 1,
+        }
     }
+
     /// Rebuild from persisted words (one per zone). Open zones come back Closed; counters rebuilt.
     /// Errors name the zone and the bad value (wp outside its zone, conventional flag mismatch...).
     pub fn from_words(geom: ZoneGeometry, words: &[u64]) -> std::result::Result<Self, String> {
-        let _ = (geom, words);
-        todo!()
+        if geom.zone_size == 0
+            || geom.zone_capacity > geom.zone_size
+            || geom.conventional_zones > geom.nr_zones
+            || !matches!(
+                u64::from(geom.nr_zones).checked_mul(geom.zone_size),
+                Some(d) if d <= word::WP_MASK
+            )
+        {
+            return Err(format!("unusable zone geometry {geom:?}"));
+        }
+        if words.len() != geom.nr_zones as usize {
+            return Err(format!(
+                "{} zone words for nr_zones {}",
+                words.len(),
+                geom.nr_zones
+            ));
+        }
+        let mut set = ZoneSet::new(geom);
+        for (i, (zone, &w)) in set.zones.iter_mut().zip(words).enumerate() {
+            let bad = |what: &str| format!("zone {i}: word {w:#018x}: {what}");
+            let start = zone.start;
+            let conv = w & word::CONVENTIONAL != 0;
+            if zone.conventional {
+                if w != start | word::CONVENTIONAL {
+                    return Err(bad(&format!(
+                        "conventional zone word must be {:#018x}",
+                        start | word::CONVENTIONAL
+                    )));
+                }
+                continue;
+            }
+            if conv {
+                return Err(bad("conventional flag set on a sequential zone"));
+            }
+            let wp = w & word::WP_MASK;
+            if wp < start || wp > start + geom.zone_size {
+                return Err(bad(&format!("write pointer {wp:#x} outside the zone")));
+            }
+            let raw_attrs = ((w >> word::ATTR_SHIFT) & 0xFF) as u8;
+            let Some(attrs) = ZoneAttrs::from_bits(raw_attrs) else {
+                return Err(bad(&format!("unknown zone attributes {raw_attrs:#04x}")));
+            };
+            let full_at = start + geom.zone_capacity;
+            let state = match w >> word::STATE_SHIFT {
+                0 if wp == start => {
+                    if !attrs.is_empty() {
+                        return Err(bad("attributes set on an empty zone"));
+                    }
+                    ZoneState::Empty
+                }
+                0 if wp < full_at => ZoneState::Closed,
+                0 => ZoneState::Full,
+                word::STATE_CLOSED if wp == start => ZoneState::Closed,
+                word::STATE_CLOSED => {
+                    return Err(bad("closed-at-start nibble with the write pointer moved"))
+                }
+                word::STATE_READ_ONLY => ZoneState::ReadOnly,
+                word::STATE_OFFLINE => ZoneState::Offline,
+                n => return Err(bad(&format!("unknown state nibble {n:#x}"))),
+            };
+            zone.state = state;
+            zone.committed = wp;
+            zone.reserved = wp;
+            zone.attrs = attrs;
+            if state == ZoneState::Closed {
+                set.nr_active += 1;
+            }
+        }
+        if geom.max_active != 0 && set.nr_active > geom.max_active {
+            return Err(format!(
+                "{} closed zones exceed max_active {}",
+                set.nr_active, geom.max_active
+            ));
+        }
+        Ok(set)
     }
-    /// Persisted word of zone `idx` (committed wp).
+
+    /// Persisted word of zone `idx` (committed wp). Panics if idx >= nr_zones (caller bug).
     pub fn word(&self, idx: u32) -> u64 {
-        let _ = idx;
-        todo!()
+        let z = &self.zones[idx as usize];
+        if z.conventional {
+            return z.start | word::CONVENTIONAL;
+        }
+        let nibble = match z.state {
+            ZoneState::Empty | ZoneState::NotWritePointer => 0,
+            ZoneState::ReadOnly => word::STATE_READ_ONLY,
+            ZoneState::Offline => word::STATE_OFFLINE,
+            // Opened, closed, and full with its filling writes still in flight: the word
+            // shows what is durable; a zone holding a resource with nothing durable yet
+            // needs the nibble to come back Closed rather than Empty.
+            ZoneState::ImplicitlyOpened
+            | ZoneState::ExplicitlyOpened
+            | ZoneState::Closed
+            | ZoneState::Full => {
+                if z.committed == z.start {
+                    word::STATE_CLOSED
+                } else {
+                    0
+                }
+            }
+        };
+        (z.committed & word::WP_MASK)
+            | (u64::from(z.attrs.bits()) << word::ATTR_SHIFT)
+            | (nibble << word::STATE_SHIFT)
     }
+
     /// Geometry.
     pub fn geometry(&self) -> &ZoneGeometry {
-        todo!()
+        &self.geom
     }
+
     /// Zone info for `idx` (panics if idx >= nr_zones: caller bug).
     pub fn info(&self, idx: u32) -> ZoneInfo {
-        let _ = idx;
-        todo!()
+        let z = &self.zones[idx as usize];
+        ZoneInfo {
+            index: idx,
+            start: z.start,
+            size: self.geom.zone_size,
+            capacity: if z.conventional {
+                self.geom.zone_size
+            } else {
+                self.geom.zone_capacity
+            },
+            wp: z.committed,
+            ztype: if z.conventional {
+                ZoneType::Conventional
+            } else {
+                ZoneType::SequentialWriteRequired
+            },
+            state: z.state,
+            attrs: z.attrs,
+        }
     }
+
     /// Index of the zone holding byte `offset`, None past the end.
     pub fn zone_of(&self, offset: u64) -> Option<u32> {
-        let _ = offset;
-        todo!()
+        let idx = offset.checked_div(self.geom.zone_size)?;
+        if idx < u64::from(self.geom.nr_zones) {
+            u32::try_from(idx).ok()
+        } else {
+            None
+        }
     }
+
     /// Open (implicit + explicit) and active (open + closed) counts.
     pub fn counts(&self) -> (u32, u32) {
-        todo!()
+        (self.nr_open, self.nr_active)
     }
+
+    /// Reserved write pointer of zone `idx` (where the next write must start); equals the
+    /// committed one when nothing is in flight. Panics if idx >= nr_zones (caller bug).
+    pub fn reserved_wp(&self, idx: u32) -> u64 {
+        self.zones[idx as usize].reserved
+    }
+
+    /// Number of admitted writes of zone `idx` not yet handed to `complete_write`.
+    /// Panics if idx >= nr_zones (caller bug).
+    pub fn in_flight(&self, idx: u32) -> usize {
+        self.zones[idx as usize].inflight.len()
+    }
+
     /// Checks a read of `len` bytes at `offset` (offline zones, range). Reads may cross
     /// zone boundaries only if `cross` is set.
-    pub fn check_read(&self, offset: u64, len: u64, cross: bool) -> std::result::Result<(), ZoneError> {
-        let _ = (offset, len, cross);
-        todo!()
+    pub fn check_read(
+        &self,
+        offset: u64,
+        len: u64,
+        cross: bool,
+    ) -> std::result::Result<(), ZoneError> {
+        let end = offset.checked_add(len).ok_or(ZoneError::OutOfRange)?;
+        if end > self.geom.disk_size() {
+            return Err(ZoneError::OutOfRange);
+        }
+        let first = self.zone_of(offset).ok_or(ZoneError::OutOfRange)?;
+        let last = self
+            .zone_of(end.saturating_sub(1).max(offset))
+            .ok_or(ZoneError::OutOfRange)?;
+        if self.zones[first as usize].state == ZoneState::Offline {
+            return Err(ZoneError::Offline);
+        }
+        if last != first && !cross {
+            return Err(ZoneError::Boundary);
+        }
+        if self.zones[first as usize..=last as usize]
+            .iter()
+            .any(|z| z.state == ZoneState::Offline)
+        {
+            return Err(ZoneError::Offline);
+        }
+        Ok(())
     }
+
     /// Reserve a write at `offset` (must equal the zone's reserved write pointer for sequential
     /// zones; conventional zones accept any offset). Implicitly opens, evicting the LRU
     /// implicitly-opened zone when needed. Error precedence as NVMe (state, wp, boundary, resources).
-    pub fn begin_write(&mut self, offset: u64, len: u64) -> std::result::Result<WriteTicket, ZoneError> {
-        let _ = (offset, len);
-        todo!()
+    pub fn begin_write(
+        &mut self,
+        offset: u64,
+        len: u64,
+    ) -> std::result::Result<WriteTicket, ZoneError> {
+        self.begin(offset, len, false)
     }
+
     /// Reserve an append of `len` bytes to the zone starting at `zone_start`.
-    pub fn begin_append(&mut self, zone_start: u64, len: u64) -> std::result::Result<WriteTicket, ZoneError> {
-        let _ = (zone_start, len);
-        todo!()
+    pub fn begin_append(
+        &mut self,
+        zone_start: u64,
+        len: u64,
+    ) -> std::result::Result<WriteTicket, ZoneError> {
+        self.begin(zone_start, len, true)
     }
+
+    fn begin(&mut self, offset: u64, len: u64, append: bool) -> Result<WriteTicket, ZoneError> {
+        let end = offset.checked_add(len).ok_or(ZoneError::OutOfRange)?;
+        if end > self.geom.disk_size() {
+            return Err(ZoneError::OutOfRange);
+        }
+        let idx = self.zone_of(offset).ok_or(ZoneError::OutOfRange)?;
+        let z = &self.zones[idx as usize];
+        if append && offset != z.start {
+            return Err(ZoneError::NotZoneStart);
+        }
+        if len == 0 {
+            return Err(ZoneError::InvalidWrite);
+        }
+        if z.conventional {
+            if append {
+                return Err(ZoneError::Conventional);
+            }
+            if end > z.start + self.geom.zone_size {
+                return Err(ZoneError::Boundary);
+            }
+            return Ok(WriteTicket {
+                zone: idx,
+                offset,
+                len,
+                evicted: None,
+                seq: 0,
+            });
+        }
+        match z.state {
+            ZoneState::Full => return Err(ZoneError::Full),
+            ZoneState::ReadOnly => return Err(ZoneError::ReadOnly),
+            ZoneState::Offline => return Err(ZoneError::Offline),
+            _ => {}
+        }
+        let at = if append { z.reserved } else { offset };
+        if at != z.reserved {
+            return Err(ZoneError::InvalidWrite);
+        }
+        let full_at = z.start + self.geom.zone_capacity;
+        if at + len > full_at {
+            return Err(ZoneError::Boundary);
+        }
+        let evicted = match z.state {
+            ZoneState::Empty => {
+                self.check_active()?;
+                self.make_open_room()?
+            }
+            ZoneState::Closed => self.make_open_room()?,
+            _ => None,
+        };
+        if matches!(
+            self.zones[idx as usize].state,
+            ZoneState::Empty | ZoneState::Closed
+        ) {
+            self.set_state(idx, ZoneState::ImplicitlyOpened);
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.clock += 1;
+        let clock = self.clock;
+        let z = &mut self.zones[idx as usize];
+        z.inflight.push(Reservation {
+            seq,
+            offset: at,
+            len,
+            done: false,
+        });
+        z.reserved = at + len;
+        z.last_write = clock;
+        if z.reserved == full_at {
+            self.set_state(idx, ZoneState::Full);
+        }
+        Ok(WriteTicket {
+            zone: idx,
+            offset: at,
+            len,
+            evicted,
+            seq,
+        })
+    }
+
     /// Finish a reservation. `ok == false`: the data I/O failed. Returns true when the committed
     /// write pointer moved (the zone word needs persisting). Zone becomes Full at capacity.
+    ///
+    /// A ticket that is unknown (conventional zone, or dropped by Finish/Reset/force_state)
+    /// is ignored and returns false.
     pub fn complete_write(&mut self, ticket: &WriteTicket, ok: bool) -> bool {
-        let _ = (ticket, ok);
-        todo!()
+        if ticket.seq == 0 {
+            return false;
+        }
+        let idx = ticket.zone;
+        let active_free = self.active_free();
+        let Some(z) = self.zones.get_mut(idx as usize) else {
+            return false;
+        };
+        let Some(pos) = z.inflight.iter().position(|r| r.seq == ticket.seq) else {
+            return false;
+        };
+        let last = pos + 1 == z.inflight.len();
+        let resv = z.inflight[pos];
+        let back_to_empty = resv.offset == z.start && z.attrs.is_empty();
+        let undo = !ok
+            && last
+            && match z.state {
+                ZoneState::ImplicitlyOpened | ZoneState::ExplicitlyOpened | ZoneState::Closed => {
+                    true
+                }
+                ZoneState::Full => back_to_empty || active_free,
+                _ => false,
+            };
+        if undo {
+            z.inflight.pop();
+            z.reserved = resv.offset;
+            let new_state = match z.state {
+                ZoneState::ImplicitlyOpened if back_to_empty => Some(ZoneState::Empty),
+                ZoneState::Full if back_to_empty => Some(ZoneState::Empty),
+                ZoneState::Full => Some(ZoneState::Closed),
+                _ => None,
+            };
+            if let Some(s) = new_state {
+                self.set_state(idx, s);
+            }
+        } else {
+            z.inflight[pos].done = true;
+        }
+        self.advance_committed(idx)
     }
+
+    /// Moves the committed pointer over the finished prefix of reservations.
+    fn advance_committed(&mut self, idx: u32) -> bool {
+        let z = &mut self.zones[idx as usize];
+        let before = z.committed;
+        let finished = z.inflight.iter().take_while(|r| r.done).count();
+        if let Some(r) = z.inflight[..finished].last() {
+            z.committed = r.offset + r.len;
+        }
+        z.inflight.drain(..finished);
+        z.committed != before
+    }
+
     /// Apply a management action to one zone (by index).
-    pub fn action(&mut self, idx: u32, action: ZoneAction) -> std::result::Result<Effects, ZoneError> {
-        let _ = (idx, action);
-        todo!()
+    pub fn action(
+        &mut self,
+        idx: u32,
+        action: ZoneAction,
+    ) -> std::result::Result<Effects, ZoneError> {
+        let z = self.zones.get(idx as usize).ok_or(ZoneError::OutOfRange)?;
+        if z.conventional {
+            return Err(ZoneError::Conventional);
+        }
+        let mut fx = Effects::default();
+        let before = self.word(idx);
+        match action {
+            ZoneAction::Open => {
+                if let Some(ev) = self.open_zone(idx)? {
+                    fx.changed.push(ev);
+                }
+            }
+            ZoneAction::Close => self.close_zone(idx)?,
+            ZoneAction::Finish => self.finish_zone(idx, &mut fx)?,
+            ZoneAction::Reset => self.reset_zone(idx, &mut fx)?,
+            ZoneAction::Offline => match self.zones[idx as usize].state {
+                ZoneState::ReadOnly => self.set_state(idx, ZoneState::Offline),
+                ZoneState::Offline => {}
+                _ => return Err(ZoneError::InvalidTransition),
+            },
+        }
+        if self.word(idx) != before {
+            fx.changed.push(idx);
+        }
+        Ok(fx)
     }
+
+    /// Explicit open; returns the zone evicted to make room.
+    fn open_zone(&mut self, idx: u32) -> Result<Option<u32>, ZoneError> {
+        let evicted = match self.zones[idx as usize].state {
+            ZoneState::Empty => {
+                self.check_active()?;
+                self.make_open_room()?
+            }
+            ZoneState::Closed => self.make_open_room()?,
+            ZoneState::ImplicitlyOpened => None,
+            ZoneState::ExplicitlyOpened => return Ok(None),
+            _ => return Err(ZoneError::InvalidTransition),
+        };
+        self.set_state(idx, ZoneState::ExplicitlyOpened);
+        Ok(evicted)
+    }
+
+    fn close_zone(&mut self, idx: u32) -> Result<(), ZoneError> {
+        match self.zones[idx as usize].state {
+            ZoneState::ImplicitlyOpened | ZoneState::ExplicitlyOpened => {
+                self.set_state(idx, ZoneState::Closed);
+                Ok(())
+            }
+            ZoneState::Closed => Ok(()),
+            _ => Err(ZoneError::InvalidTransition),
+        }
+    }
+
+    fn finish_zone(&mut self, idx: u32, fx: &mut Effects) -> Result<(), ZoneError> {
+        match self.zones[idx as usize].state {
+            ZoneState::Empty
+            | ZoneState::ImplicitlyOpened
+            | ZoneState::ExplicitlyOpened
+            | ZoneState::Closed => {}
+            ZoneState::Full => return Ok(()),
+            _ => return Err(ZoneError::InvalidTransition),
+        }
+        self.set_state(idx, ZoneState::Full);
+        let zone_end = self.zones[idx as usize].start + self.geom.zone_size;
+        let full_at = self.zones[idx as usize].start + self.geom.zone_capacity;
+        let z = &mut self.zones[idx as usize];
+        if zone_end > z.reserved {
+            fx.zero.push((z.reserved, zone_end - z.reserved));
+        }
+        z.inflight.clear();
+        z.committed = full_at;
+        z.reserved = full_at;
+        Ok(())
+    }
+
+    fn reset_zone(&mut self, idx: u32, fx: &mut Effects) -> Result<(), ZoneError> {
+        match self.zones[idx as usize].state {
+            ZoneState::Empty => return Ok(()),
+            ZoneState::ImplicitlyOpened
+            | ZoneState::ExplicitlyOpened
+            | ZoneState::Closed
+            | ZoneState::Full => {}
+            _ => return Err(ZoneError::InvalidTransition),
+        }
+        self.set_state(idx, ZoneState::Empty);
+        let z = &mut self.zones[idx as usize];
+        z.inflight.clear();
+        z.committed = z.start;
+        z.reserved = z.start;
+        z.attrs = ZoneAttrs::empty();
+        fx.zero.push((z.start, self.geom.zone_size));
+        Ok(())
+    }
+
     /// Apply a management action with NVMe Select All semantics (scope per action as the spec).
     pub fn action_all(&mut self, action: ZoneAction) -> std::result::Result<Effects, ZoneError> {
-        let _ = action;
-        todo!()
+        use ZoneState::*;
+        let in_scope = |s: ZoneState| match action {
+            ZoneAction::Close => matches!(s, ImplicitlyOpened | ExplicitlyOpened),
+            ZoneAction::Finish => matches!(s, ImplicitlyOpened | ExplicitlyOpened | Closed),
+            ZoneAction::Open => s == Closed,
+            ZoneAction::Reset => matches!(s, ImplicitlyOpened | ExplicitlyOpened | Closed | Full),
+            ZoneAction::Offline => s == ReadOnly,
+        };
+        let targets: Vec<u32> = (0..self.geom.nr_zones)
+            .filter(|&i| {
+                let z = &self.zones[i as usize];
+                !z.conventional && in_scope(z.state)
+            })
+            .collect();
+        if action == ZoneAction::Open && self.geom.max_open != 0 {
+            // Implicitly opened zones can all be closed to make room; explicitly opened
+            // ones stay. Closed zones already hold their active resource.
+            let explicit = self.count_state(ExplicitlyOpened);
+            let wanted = u32::try_from(targets.len()).unwrap_or(u32::MAX);
+            if explicit.saturating_add(wanted) > self.geom.max_open {
+                return Err(ZoneError::TooManyOpen);
+            }
+        }
+        let mut fx = Effects::default();
+        for idx in targets {
+            let step = self.action(idx, action)?;
+            fx.changed.extend(step.changed);
+            fx.zero.extend(step.zero);
+        }
+        Ok(fx)
     }
+
     /// Set Zone Descriptor Extension: Empty -> Closed with ZDEV (needs an active resource).
     pub fn set_zde(&mut self, idx: u32) -> std::result::Result<Effects, ZoneError> {
-        let _ = idx;
-        todo!()
+        let z = self.zones.get(idx as usize).ok_or(ZoneError::OutOfRange)?;
+        if z.conventional {
+            return Err(ZoneError::Conventional);
+        }
+        if z.state != ZoneState::Empty {
+            return Err(ZoneError::InvalidTransition);
+        }
+        self.check_active()?;
+        self.set_state(idx, ZoneState::Closed);
+        self.zones[idx as usize].attrs.insert(ZoneAttrs::ZDEV);
+        Ok(Effects {
+            changed: vec![idx],
+            zero: Vec::new(),
+        })
     }
+
     /// Force a zone read-only or offline (fault injection / admin tool).
-    pub fn force_state(&mut self, idx: u32, state: ZoneState) -> std::result::Result<Effects, ZoneError> {
-        let _ = (idx, state);
-        todo!()
+    ///
+    /// ReadOnly is reachable from every sequential state except Offline (which is final);
+    /// Offline from every sequential state. Writes in flight to the zone are dropped (their
+    /// completion is ignored). Other target states: InvalidTransition.
+    pub fn force_state(
+        &mut self,
+        idx: u32,
+        state: ZoneState,
+    ) -> std::result::Result<Effects, ZoneError> {
+        let z = self.zones.get(idx as usize).ok_or(ZoneError::OutOfRange)?;
+        if z.conventional {
+            return Err(ZoneError::Conventional);
+        }
+        match (z.state, state) {
+            (s, t) if s == t && matches!(t, ZoneState::ReadOnly | ZoneState::Offline) => {
+                return Ok(Effects::default())
+            }
+            (ZoneState::Offline, ZoneState::ReadOnly) => return Err(ZoneError::InvalidTransition),
+            (_, ZoneState::ReadOnly | ZoneState::Offline) => {}
+            _ => return Err(ZoneError::InvalidTransition),
+        }
+        let before = self.word(idx);
+        self.set_state(idx, state);
+        let z = &mut self.zones[idx as usize];
+        z.inflight.clear();
+        z.reserved = z.committed;
+        let mut fx = Effects::default();
+        if self.word(idx) != before {
+            fx.changed.push(idx);
+        }
+        Ok(fx)
+    }
+
+    /// Moves zone `idx` to `new`, keeping the open/active counters in step.
+    fn set_state(&mut self, idx: u32, new: ZoneState) {
+        let z = &mut self.zones[idx as usize];
+        let (was_open, was_active) = holds(z.state);
+        let (is_open, is_active) = holds(new);
+        z.state = new;
+        self.nr_open = self.nr_open + u32::from(is_open) - u32::from(was_open);
+        self.nr_active = self.nr_active + u32::from(is_active) - u32::from(was_active);
+    }
+
+    fn active_free(&self) -> bool {
+        self.geom.max_active == 0 || self.nr_active < self.geom.max_active
+    }
+
+    fn check_active(&self) -> Result<(), ZoneError> {
+        if self.active_free() {
+            Ok(())
+        } else {
+            Err(ZoneError::TooManyActive)
+        }
+    }
+
+    fn count_state(&self, state: ZoneState) -> u32 {
+        let n = self.zones.iter().filter(|z| z.state == state).count();
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
+    /// Makes sure one more zone may be opened, closing the least recently written
+    /// implicitly opened zone if the open limit is reached (zones with nothing in flight
+    /// first). The zone being opened is never ImplicitlyOpened here, so it is never picked.
+    /// Closing a zone keeps it active, so the active count is unchanged by the eviction.
+    fn make_open_room(&mut self) -> Result<Option<u32>, ZoneError> {
+        if self.geom.max_open == 0 || self.nr_open < self.geom.max_open {
+            return Ok(None);
+        }
+        let victim = self
+            .zones
+            .iter()
+            .enumerate()
+            .filter(|(_, z)| z.state == ZoneState::ImplicitlyOpened)
+            .min_by_key(|(_, z)| (!z.inflight.is_empty(), z.last_write))
+            .map(|(i, _)| i);
+        let Some(victim) = victim.and_then(|v| u32::try_from(v).ok()) else {
+            return Err(ZoneError::TooManyOpen);
+        };
+        self.set_state(victim, ZoneState::Closed);
+        Ok(Some(victim))
     }
 }
