@@ -991,3 +991,1099 @@ impl ZoneSet {
         Ok(Some(victim))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ZoneState::*;
+
+    const ZS: u64 = 4096;
+    const CAP: u64 = 3072;
+    const NZ: u32 = 8;
+
+    fn geom(max_open: u32, max_active: u32) -> ZoneGeometry {
+        ZoneGeometry {
+            zone_size: ZS,
+            zone_capacity: CAP,
+            nr_zones: NZ,
+            conventional_zones: 1,
+            max_open,
+            max_active,
+        }
+    }
+
+    fn set(max_open: u32, max_active: u32) -> ZoneSet {
+        let g = geom(max_open, max_active);
+        g.validate(ZS * u64::from(NZ)).unwrap();
+        ZoneSet::new(g)
+    }
+
+    fn start(i: u32) -> u64 {
+        u64::from(i) * ZS
+    }
+
+    fn st(s: &ZoneSet, i: u32) -> ZoneState {
+        s.info(i).state
+    }
+
+    /// Admits and completes a write of `len` bytes at the zone's write pointer.
+    fn write(s: &mut ZoneSet, i: u32, len: u64) -> Result<Option<u32>, ZoneError> {
+        let t = s.begin_write(s.reserved_wp(i), len)?;
+        s.complete_write(&t, true);
+        check(s);
+        Ok(t.evicted)
+    }
+
+    /// Invariants that hold after every operation.
+    fn check(s: &ZoneSet) {
+        let g = *s.geometry();
+        let mut open = 0;
+        let mut active = 0;
+        for i in 0..g.nr_zones {
+            let z = &s.zones[i as usize];
+            let inf = s.info(i);
+            let (o, a) = holds(inf.state);
+            open += u32::from(o);
+            active += u32::from(a);
+            assert!(z.committed <= z.reserved, "zone {i}: committed > reserved");
+            if z.conventional {
+                assert_eq!(inf.state, NotWritePointer);
+                assert_eq!(z.committed, z.start);
+                continue;
+            }
+            assert!(z.committed >= z.start && z.reserved <= z.start + g.zone_size);
+            match inf.state {
+                Empty => {
+                    assert_eq!(z.reserved, z.start);
+                    assert!(z.attrs.is_empty());
+                }
+                ImplicitlyOpened | ExplicitlyOpened | Closed => {
+                    assert!(z.reserved < z.start + g.zone_capacity)
+                }
+                Full => assert!(z.reserved >= z.start + g.zone_capacity),
+                _ => assert!(z.inflight.is_empty()),
+            }
+            let mut at = z.committed;
+            for r in &z.inflight {
+                assert_eq!(r.offset, at, "zone {i}: reservations not contiguous");
+                at += r.len;
+            }
+            assert_eq!(at, z.reserved);
+            assert!(!matches!(z.inflight.first(), Some(r) if r.done));
+        }
+        assert_eq!(s.counts(), (open, active), "counters drifted");
+        if g.max_open != 0 {
+            assert!(open <= g.max_open);
+        }
+        if g.max_active != 0 {
+            assert!(active <= g.max_active);
+        }
+        let quiet = s.zones.iter().all(|z| z.inflight.is_empty());
+        if quiet {
+            round_trip(s);
+        }
+    }
+
+    /// Rebuilding from the words gives the same zones, opened ones as Closed.
+    fn round_trip(s: &ZoneSet) {
+        let g = *s.geometry();
+        let words: Vec<u64> = (0..g.nr_zones).map(|i| s.word(i)).collect();
+        let r = ZoneSet::from_words(g, &words).unwrap();
+        for i in 0..g.nr_zones {
+            let (a, b) = (s.info(i), r.info(i));
+            let expect = match a.state {
+                ImplicitlyOpened | ExplicitlyOpened => Closed,
+                x => x,
+            };
+            assert_eq!(b.state, expect, "zone {i} after restart");
+            assert_eq!((b.wp, b.attrs), (a.wp, a.attrs), "zone {i} after restart");
+            assert_eq!(r.word(i), words[i as usize]);
+        }
+        assert_eq!(r.counts(), (0, s.counts().1));
+    }
+
+    /// Puts zone `i` of a fresh-ish set into `state`.
+    fn make(s: &mut ZoneSet, i: u32, state: ZoneState) {
+        match state {
+            Empty => {}
+            ImplicitlyOpened => {
+                write(s, i, 512).unwrap();
+            }
+            ExplicitlyOpened => {
+                s.action(i, ZoneAction::Open).unwrap();
+            }
+            Closed => {
+                write(s, i, 512).unwrap();
+                s.action(i, ZoneAction::Close).unwrap();
+            }
+            Full => {
+                s.action(i, ZoneAction::Finish).unwrap();
+            }
+            ReadOnly | Offline => {
+                s.force_state(i, state).unwrap();
+            }
+            NotWritePointer => unreachable!(),
+        }
+        assert_eq!(st(s, i), state);
+        check(s);
+    }
+
+    const SEQ_STATES: [ZoneState; 7] = [
+        Empty,
+        ImplicitlyOpened,
+        ExplicitlyOpened,
+        Closed,
+        Full,
+        ReadOnly,
+        Offline,
+    ];
+
+    /// Runs `op` on zone 1 in every state and compares with the expected cell.
+    fn table_row(
+        op: impl Fn(&mut ZoneSet) -> Result<(), ZoneError>,
+        cells: [Result<ZoneState, ZoneError>; 7],
+    ) {
+        for (from, cell) in SEQ_STATES.iter().zip(cells) {
+            let mut s = set(0, 0);
+            make(&mut s, 1, *from);
+            let got = op(&mut s).map(|()| st(&s, 1));
+            assert_eq!(got, cell, "from {from:?}");
+            if got.is_err() {
+                assert_eq!(st(&s, 1), *from, "failed op changed the state");
+            }
+            check(&s);
+        }
+    }
+
+    // ---- Transition table (nvme essentials 6.2), one test per row ----
+
+    #[test]
+    fn table_6_2_write_row() {
+        table_row(
+            |s| s.begin_write(s.reserved_wp(1), 512).map(|_| ()),
+            [
+                Ok(ImplicitlyOpened),
+                Ok(ImplicitlyOpened),
+                Ok(ExplicitlyOpened),
+                Ok(ImplicitlyOpened),
+                Err(ZoneError::Full),
+                Err(ZoneError::ReadOnly),
+                Err(ZoneError::Offline),
+            ],
+        );
+    }
+
+    #[test]
+    fn table_6_2_append_row() {
+        table_row(
+            |s| s.begin_append(start(1), 512).map(|_| ()),
+            [
+                Ok(ImplicitlyOpened),
+                Ok(ImplicitlyOpened),
+                Ok(ExplicitlyOpened),
+                Ok(ImplicitlyOpened),
+                Err(ZoneError::Full),
+                Err(ZoneError::ReadOnly),
+                Err(ZoneError::Offline),
+            ],
+        );
+    }
+
+    #[test]
+    fn table_6_2_read_row() {
+        let ok = |s: &mut ZoneSet| s.check_read(start(1), 512, false);
+        table_row(
+            ok,
+            [
+                Ok(Empty),
+                Ok(ImplicitlyOpened),
+                Ok(ExplicitlyOpened),
+                Ok(Closed),
+                Ok(Full),
+                Ok(ReadOnly),
+                Err(ZoneError::Offline),
+            ],
+        );
+    }
+
+    fn act(a: ZoneAction) -> impl Fn(&mut ZoneSet) -> Result<(), ZoneError> {
+        move |s| s.action(1, a).map(|_| ())
+    }
+
+    #[test]
+    fn table_6_2_open_row() {
+        table_row(
+            act(ZoneAction::Open),
+            [
+                Ok(ExplicitlyOpened),
+                Ok(ExplicitlyOpened),
+                Ok(ExplicitlyOpened),
+                Ok(ExplicitlyOpened),
+                Err(ZoneError::InvalidTransition),
+                Err(ZoneError::InvalidTransition),
+                Err(ZoneError::InvalidTransition),
+            ],
+        );
+    }
+
+    #[test]
+    fn table_6_2_close_row() {
+        table_row(
+            act(ZoneAction::Close),
+            [
+                Err(ZoneError::InvalidTransition),
+                Ok(Closed),
+                Ok(Closed),
+                Ok(Closed),
+                Err(ZoneError::InvalidTransition),
+                Err(ZoneError::InvalidTransition),
+                Err(ZoneError::InvalidTransition),
+            ],
+        );
+    }
+
+    #[test]
+    fn table_6_2_finish_row() {
+        table_row(
+            act(ZoneAction::Finish),
+            [
+                Ok(Full),
+                Ok(Full),
+                Ok(Full),
+                Ok(Full),
+                Ok(Full),
+                Err(ZoneError::InvalidTransition),
+                Err(ZoneError::InvalidTransition),
+            ],
+        );
+    }
+
+    #[test]
+    fn table_6_2_reset_row() {
+        table_row(
+            act(ZoneAction::Reset),
+            [
+                Ok(Empty),
+                Ok(Empty),
+                Ok(Empty),
+                Ok(Empty),
+                Ok(Empty),
+                Err(ZoneError::InvalidTransition),
+                Err(ZoneError::InvalidTransition),
+            ],
+        );
+    }
+
+    #[test]
+    fn table_6_2_offline_row() {
+        let e = Err(ZoneError::InvalidTransition);
+        table_row(
+            act(ZoneAction::Offline),
+            [e, e, e, e, e, Ok(Offline), Ok(Offline)],
+        );
+    }
+
+    #[test]
+    fn table_6_2_set_zde_row() {
+        let e = Err(ZoneError::InvalidTransition);
+        table_row(|s| s.set_zde(1).map(|_| ()), [Ok(Closed), e, e, e, e, e, e]);
+    }
+
+    #[test]
+    fn force_read_only_from_every_state_but_offline() {
+        let e = Err(ZoneError::InvalidTransition);
+        let ro = Ok(ReadOnly);
+        table_row(
+            |s| s.force_state(1, ReadOnly).map(|_| ()),
+            [ro, ro, ro, ro, ro, ro, e],
+        );
+        let off = Ok(Offline);
+        table_row(
+            |s| s.force_state(1, Offline).map(|_| ()),
+            [off, off, off, off, off, off, off],
+        );
+        table_row(|s| s.force_state(1, Closed).map(|_| ()), [e; 7]);
+    }
+
+    #[test]
+    fn wp_reaching_capacity_makes_zone_full_and_releases_resources() {
+        let mut s = set(2, 3);
+        write(&mut s, 1, 1024).unwrap();
+        assert_eq!(s.counts(), (1, 1));
+        let t = s.begin_write(start(1) + 1024, CAP - 1024).unwrap();
+        // Full as soon as the reservation reaches the capacity.
+        assert_eq!(st(&s, 1), Full);
+        assert_eq!(s.counts(), (0, 0));
+        assert_eq!(s.begin_write(start(1) + CAP, 512), Err(ZoneError::Full));
+        assert_eq!(s.begin_append(start(1), 512), Err(ZoneError::Full));
+        assert_eq!(s.info(1).wp, start(1) + 1024);
+        assert!(s.complete_write(&t, true));
+        assert_eq!(s.info(1).wp, start(1) + CAP);
+        assert_eq!(s.word(1), start(1) + CAP);
+        check(&s);
+    }
+
+    // ---- Write checks and their precedence (nvme essentials 6.4) ----
+
+    #[test]
+    fn write_6_4_out_of_range_first() {
+        let mut s = set(0, 0);
+        let end = start(NZ);
+        assert_eq!(s.begin_write(end, 512), Err(ZoneError::OutOfRange));
+        assert_eq!(s.begin_write(end - 512, 1024), Err(ZoneError::OutOfRange));
+        assert_eq!(s.begin_write(u64::MAX, 2), Err(ZoneError::OutOfRange));
+        assert_eq!(s.begin_append(end + ZS, 512), Err(ZoneError::OutOfRange));
+        assert_eq!(s.begin_append(end - 512, 1024), Err(ZoneError::OutOfRange));
+    }
+
+    #[test]
+    fn append_6_4_zslba_must_be_zone_start_before_state() {
+        let mut s = set(0, 0);
+        make(&mut s, 1, Full);
+        assert_eq!(
+            s.begin_append(start(1) + 512, 512),
+            Err(ZoneError::NotZoneStart)
+        );
+        assert_eq!(s.begin_append(start(1), 512), Err(ZoneError::Full));
+    }
+
+    #[test]
+    fn write_6_4_state_before_wp_check() {
+        let mut s = set(0, 0);
+        make(&mut s, 1, ReadOnly);
+        make(&mut s, 2, Offline);
+        assert_eq!(s.begin_write(start(1) + 512, 512), Err(ZoneError::ReadOnly));
+        assert_eq!(s.begin_write(start(2) + 512, 512), Err(ZoneError::Offline));
+    }
+
+    #[test]
+    fn write_6_4_wp_before_boundary() {
+        let mut s = set(0, 0);
+        write(&mut s, 1, 512).unwrap();
+        assert_eq!(s.begin_write(start(1), 512), Err(ZoneError::InvalidWrite));
+        assert_eq!(
+            s.begin_write(start(1) + 1024, CAP),
+            Err(ZoneError::InvalidWrite)
+        );
+        assert_eq!(s.begin_write(start(1) + 512, CAP), Err(ZoneError::Boundary));
+        assert_eq!(s.begin_append(start(1), CAP), Err(ZoneError::Boundary));
+    }
+
+    #[test]
+    fn write_6_4_boundary_before_resources() {
+        let mut s = set(1, 1);
+        write(&mut s, 1, 512).unwrap();
+        s.action(1, ZoneAction::Open).unwrap();
+        assert_eq!(s.begin_write(start(2), CAP + 512), Err(ZoneError::Boundary));
+        assert_eq!(s.begin_write(start(2), 512), Err(ZoneError::TooManyActive));
+    }
+
+    #[test]
+    fn write_must_stay_inside_capacity_and_zone() {
+        let mut s = set(0, 0);
+        assert_eq!(s.begin_write(start(1), CAP + 512), Err(ZoneError::Boundary));
+        assert_eq!(s.begin_write(start(1), ZS + 512), Err(ZoneError::Boundary));
+        assert_eq!(st(&s, 1), Empty);
+        assert_eq!(s.counts(), (0, 0));
+    }
+
+    #[test]
+    fn zero_length_write_is_refused_as_invalid_write() {
+        let mut s = set(0, 0);
+        assert_eq!(s.begin_write(start(1), 0), Err(ZoneError::InvalidWrite));
+        assert_eq!(s.begin_append(start(1), 0), Err(ZoneError::InvalidWrite));
+        assert_eq!(s.begin_write(start(NZ), 0), Err(ZoneError::OutOfRange));
+        assert_eq!(st(&s, 1), Empty);
+        check(&s);
+    }
+
+    #[test]
+    fn append_lands_at_reserved_wp() {
+        let mut s = set(0, 0);
+        let a = s.begin_append(start(2), 512).unwrap();
+        let b = s.begin_append(start(2), 1024).unwrap();
+        assert_eq!((a.offset, b.offset), (start(2), start(2) + 512));
+        assert_eq!(s.reserved_wp(2), start(2) + 1536);
+        assert_eq!(s.info(2).wp, start(2));
+        assert!(s.complete_write(&a, true));
+        assert!(s.complete_write(&b, true));
+        assert_eq!(s.info(2).wp, start(2) + 1536);
+        check(&s);
+    }
+
+    #[test]
+    fn conventional_zone_accepts_any_offset_and_refuses_management() {
+        let mut s = set(1, 1);
+        let t = s.begin_write(1024, 512).unwrap();
+        assert!(!s.complete_write(&t, true));
+        let t = s.begin_write(0, 512).unwrap();
+        assert!(!s.complete_write(&t, false));
+        assert_eq!(s.begin_write(ZS - 512, 1024), Err(ZoneError::Boundary));
+        assert_eq!(s.begin_append(0, 512), Err(ZoneError::Conventional));
+        assert_eq!(s.counts(), (0, 0));
+        let i = s.info(0);
+        assert_eq!(
+            (i.state, i.ztype, i.wp),
+            (NotWritePointer, ZoneType::Conventional, 0)
+        );
+        for a in [
+            ZoneAction::Open,
+            ZoneAction::Close,
+            ZoneAction::Finish,
+            ZoneAction::Reset,
+            ZoneAction::Offline,
+        ] {
+            assert_eq!(s.action(0, a), Err(ZoneError::Conventional));
+        }
+        assert_eq!(s.set_zde(0), Err(ZoneError::Conventional));
+        assert_eq!(s.force_state(0, ReadOnly), Err(ZoneError::Conventional));
+        assert_eq!(s.word(0), word::CONVENTIONAL);
+        check(&s);
+    }
+
+    #[test]
+    fn bad_zone_index_is_out_of_range_for_actions() {
+        let mut s = set(0, 0);
+        assert_eq!(s.action(NZ, ZoneAction::Open), Err(ZoneError::OutOfRange));
+        assert_eq!(s.set_zde(NZ), Err(ZoneError::OutOfRange));
+        assert_eq!(s.force_state(NZ, Offline), Err(ZoneError::OutOfRange));
+    }
+
+    // ---- Resources (nvme essentials 6.3, bugs Z-15, Z-17, Z-18, Z-27, Z-28) ----
+
+    #[test]
+    fn z27_empty_zone_write_checks_active_even_with_open_slots() {
+        let mut s = set(2, 2);
+        write(&mut s, 1, 512).unwrap();
+        s.action(1, ZoneAction::Close).unwrap();
+        write(&mut s, 2, 512).unwrap();
+        assert_eq!(s.counts(), (1, 2));
+        assert_eq!(s.begin_write(start(3), 512), Err(ZoneError::TooManyActive));
+        assert_eq!(s.action(3, ZoneAction::Open), Err(ZoneError::TooManyActive));
+        // A Closed zone needs no new active resource.
+        write(&mut s, 1, 512).unwrap();
+        assert_eq!(s.counts(), (2, 2));
+    }
+
+    #[test]
+    fn z28_closed_zone_write_evicts_when_active_limit_is_reached() {
+        let mut s = set(1, 2);
+        write(&mut s, 1, 512).unwrap();
+        s.action(1, ZoneAction::Close).unwrap();
+        write(&mut s, 2, 512).unwrap();
+        assert_eq!(s.counts(), (1, 2));
+        // Re-opening zone 1 keeps two active zones: zone 2 is evicted.
+        assert_eq!(write(&mut s, 1, 512), Ok(Some(2)));
+        assert_eq!((st(&s, 1), st(&s, 2)), (ImplicitlyOpened, Closed));
+        assert_eq!(s.counts(), (1, 2));
+        // Same for an explicit Open.
+        assert_eq!(s.action(2, ZoneAction::Open).unwrap().changed, vec![1]);
+        assert_eq!((st(&s, 1), st(&s, 2)), (Closed, ExplicitlyOpened));
+        check(&s);
+    }
+
+    #[test]
+    fn z17_only_explicitly_opened_zones_gives_too_many_open() {
+        let mut s = set(2, 0);
+        s.action(1, ZoneAction::Open).unwrap();
+        s.action(2, ZoneAction::Open).unwrap();
+        assert_eq!(s.begin_write(start(3), 512), Err(ZoneError::TooManyOpen));
+        assert_eq!(s.action(3, ZoneAction::Open), Err(ZoneError::TooManyOpen));
+        make(&mut s, 4, Empty);
+        assert_eq!(s.set_zde(4).map(|_| st(&s, 4)), Ok(Closed));
+        assert_eq!(s.begin_write(start(4), 512), Err(ZoneError::TooManyOpen));
+        assert_eq!(s.counts(), (2, 3));
+        assert_eq!(
+            (st(&s, 1), st(&s, 2), st(&s, 3)),
+            (ExplicitlyOpened, ExplicitlyOpened, Empty)
+        );
+        check(&s);
+    }
+
+    #[test]
+    fn z15_explicit_open_of_empty_checks_the_open_limit() {
+        let mut s = set(1, 0);
+        s.action(1, ZoneAction::Open).unwrap();
+        assert_eq!(s.action(2, ZoneAction::Open), Err(ZoneError::TooManyOpen));
+        make(&mut s, 3, Full);
+        assert_eq!(
+            s.action(3, ZoneAction::Open),
+            Err(ZoneError::InvalidTransition)
+        );
+        assert_eq!(s.counts(), (1, 1));
+    }
+
+    #[test]
+    fn z18_finish_needs_no_resources() {
+        let mut s = set(1, 1);
+        s.action(1, ZoneAction::Open).unwrap();
+        // Empty zone with no active resource left, then a Closed zone with no open one.
+        assert_eq!(s.action(2, ZoneAction::Finish).map(|_| st(&s, 2)), Ok(Full));
+        s.action(1, ZoneAction::Close).unwrap();
+        s.action(1, ZoneAction::Finish).unwrap();
+        assert_eq!(s.counts(), (0, 0));
+        check(&s);
+    }
+
+    #[test]
+    fn eviction_closes_least_recently_written_implicit_zone() {
+        let mut s = set(2, 0);
+        write(&mut s, 1, 512).unwrap();
+        write(&mut s, 2, 512).unwrap();
+        write(&mut s, 1, 512).unwrap();
+        assert_eq!(write(&mut s, 3, 512), Ok(Some(2)));
+        assert_eq!(write(&mut s, 4, 512), Ok(Some(1)));
+        assert_eq!(write(&mut s, 3, 512), Ok(None));
+        assert_eq!(write(&mut s, 2, 512), Ok(Some(4)));
+        assert_eq!(
+            (1..5).map(|i| st(&s, i)).collect::<Vec<_>>(),
+            [Closed, ImplicitlyOpened, ImplicitlyOpened, Closed]
+        );
+        assert_eq!(s.counts(), (2, 4));
+    }
+
+    #[test]
+    fn eviction_prefers_zones_without_writes_in_flight() {
+        let mut s = set(2, 0);
+        let t1 = s.begin_write(start(1), 512).unwrap();
+        write(&mut s, 2, 512).unwrap();
+        // Zone 1 is older but busy: zone 2 goes.
+        let t3 = s.begin_write(start(3), 512).unwrap();
+        assert_eq!(t3.evicted, Some(2));
+        // Both remaining ones busy: the least recently written (zone 1) goes.
+        let t4 = s.begin_write(start(4), 512).unwrap();
+        assert_eq!(t4.evicted, Some(1));
+        // The evicted zone stays Closed while its write completes.
+        assert!(s.complete_write(&t1, true));
+        assert_eq!((st(&s, 1), s.info(1).wp), (Closed, start(1) + 512));
+        for t in [t3, t4] {
+            assert!(s.complete_write(&t, true));
+        }
+        check(&s);
+    }
+
+    #[test]
+    fn explicit_open_evicts_implicit_zone_but_never_explicit() {
+        let mut s = set(2, 0);
+        s.action(1, ZoneAction::Open).unwrap();
+        write(&mut s, 2, 512).unwrap();
+        let fx = s.action(3, ZoneAction::Open).unwrap();
+        assert!(fx.changed.contains(&2));
+        assert!(fx.changed.contains(&3));
+        assert_eq!(
+            (st(&s, 1), st(&s, 2), st(&s, 3)),
+            (ExplicitlyOpened, Closed, ExplicitlyOpened)
+        );
+        assert_eq!(s.action(4, ZoneAction::Open), Err(ZoneError::TooManyOpen));
+        assert_eq!(s.counts(), (2, 3));
+    }
+
+    #[test]
+    fn implicit_to_explicit_open_uses_no_new_resource() {
+        let mut s = set(1, 1);
+        write(&mut s, 1, 512).unwrap();
+        assert_eq!(s.action(1, ZoneAction::Open).unwrap(), Effects::default());
+        assert_eq!((st(&s, 1), s.counts()), (ExplicitlyOpened, (1, 1)));
+        // And explicitly opened zones do not go back to implicit on write.
+        write(&mut s, 1, 512).unwrap();
+        assert_eq!(st(&s, 1), ExplicitlyOpened);
+    }
+
+    // ---- Reserved vs committed write pointer ----
+
+    #[test]
+    fn completions_out_of_order_commit_contiguous_prefix() {
+        let mut s = set(0, 0);
+        let a = s.begin_write(start(1), 512).unwrap();
+        let b = s.begin_write(start(1) + 512, 512).unwrap();
+        let c = s.begin_write(start(1) + 1024, 512).unwrap();
+        assert!(!s.complete_write(&c, true));
+        assert!(!s.complete_write(&b, true));
+        assert_eq!(s.info(1).wp, start(1));
+        assert!(s.complete_write(&a, true));
+        assert_eq!(s.info(1).wp, start(1) + 1536);
+        // A second completion of the same ticket is ignored.
+        assert!(!s.complete_write(&a, true));
+        check(&s);
+    }
+
+    #[test]
+    fn failed_last_write_rolls_back_and_returns_zone_to_empty() {
+        let mut s = set(1, 1);
+        let t = s.begin_write(start(1), 512).unwrap();
+        assert_eq!(s.counts(), (1, 1));
+        assert!(!s.complete_write(&t, false));
+        assert_eq!(
+            (st(&s, 1), s.reserved_wp(1), s.counts()),
+            (Empty, start(1), (0, 0))
+        );
+        check(&s);
+    }
+
+    #[test]
+    fn failed_last_write_rolls_back_reserved_wp_only() {
+        let mut s = set(0, 0);
+        write(&mut s, 1, 512).unwrap();
+        let a = s.begin_write(start(1) + 512, 512).unwrap();
+        let b = s.begin_write(start(1) + 1024, 512).unwrap();
+        assert!(!s.complete_write(&b, false));
+        assert_eq!(s.reserved_wp(1), start(1) + 1024);
+        assert!(s.complete_write(&a, true));
+        assert_eq!(
+            (st(&s, 1), s.info(1).wp),
+            (ImplicitlyOpened, start(1) + 1024)
+        );
+        // The next write goes where the failed one was.
+        write(&mut s, 1, 512).unwrap();
+        check(&s);
+    }
+
+    #[test]
+    fn failed_write_that_is_not_last_becomes_committed_hole() {
+        let mut s = set(0, 0);
+        let a = s.begin_write(start(1), 512).unwrap();
+        let b = s.begin_write(start(1) + 512, 512).unwrap();
+        assert!(s.complete_write(&a, false));
+        assert_eq!(s.info(1).wp, start(1) + 512);
+        assert!(s.complete_write(&b, true));
+        assert_eq!(s.info(1).wp, start(1) + 1024);
+        check(&s);
+    }
+
+    #[test]
+    fn failed_write_that_filled_zone_reopens_as_closed() {
+        let mut s = set(0, 2);
+        write(&mut s, 1, 512).unwrap();
+        let t = s.begin_write(start(1) + 512, CAP - 512).unwrap();
+        assert_eq!((st(&s, 1), s.counts()), (Full, (0, 0)));
+        assert!(!s.complete_write(&t, false));
+        assert_eq!((st(&s, 1), s.counts()), (Closed, (0, 1)));
+        assert_eq!(s.reserved_wp(1), start(1) + 512);
+        write(&mut s, 1, 512).unwrap();
+        check(&s);
+    }
+
+    #[test]
+    fn failed_write_that_filled_empty_zone_returns_it_to_empty() {
+        let mut s = set(0, 1);
+        let t = s.begin_write(start(1), CAP).unwrap();
+        write(&mut s, 2, 512).unwrap();
+        assert!(!s.complete_write(&t, false));
+        assert_eq!((st(&s, 1), s.counts()), (Empty, (1, 1)));
+        check(&s);
+    }
+
+    #[test]
+    fn failed_write_that_filled_zone_stays_full_without_active_resource() {
+        let mut s = set(0, 1);
+        write(&mut s, 1, 512).unwrap();
+        let t = s.begin_write(start(1) + 512, CAP - 512).unwrap();
+        write(&mut s, 2, 512).unwrap();
+        assert!(s.complete_write(&t, false));
+        assert_eq!(
+            (st(&s, 1), s.info(1).wp, s.counts()),
+            (Full, start(1) + CAP, (1, 1))
+        );
+        check(&s);
+    }
+
+    // ---- Management side effects and decisions ----
+
+    #[test]
+    fn n4_close_with_wp_at_start_stays_closed_and_persists() {
+        let mut s = set(0, 0);
+        let fx = s.action(1, ZoneAction::Open).unwrap();
+        assert_eq!(fx.changed, vec![1]);
+        let fx = s.action(1, ZoneAction::Close).unwrap();
+        assert_eq!(fx, Effects::default());
+        assert_eq!((st(&s, 1), s.counts()), (Closed, (0, 1)));
+        assert_eq!(
+            s.word(1),
+            start(1) | word::STATE_CLOSED << word::STATE_SHIFT
+        );
+        check(&s);
+    }
+
+    #[test]
+    fn finish_zeroes_above_committed_wp_and_reports_word() {
+        let mut s = set(0, 0);
+        write(&mut s, 1, 1024).unwrap();
+        let fx = s.action(1, ZoneAction::Finish).unwrap();
+        assert_eq!(fx.zero, vec![(start(1) + 1024, ZS - 1024)]);
+        assert_eq!(fx.changed, vec![1]);
+        assert_eq!(s.info(1).wp, start(1) + CAP);
+        assert_eq!(s.counts(), (0, 0));
+        assert_eq!(s.action(1, ZoneAction::Finish).unwrap(), Effects::default());
+        let fx = s.action(2, ZoneAction::Finish).unwrap();
+        assert_eq!(fx.zero, vec![(start(2), ZS)]);
+        check(&s);
+    }
+
+    #[test]
+    fn reset_clears_wp_attributes_and_zeroes_zone() {
+        let mut s = set(0, 0);
+        s.set_zde(1).unwrap();
+        write(&mut s, 1, 512).unwrap();
+        let fx = s.action(1, ZoneAction::Reset).unwrap();
+        assert_eq!(fx.zero, vec![(start(1), ZS)]);
+        assert_eq!(fx.changed, vec![1]);
+        let i = s.info(1);
+        assert_eq!(
+            (i.state, i.wp, i.attrs),
+            (Empty, start(1), ZoneAttrs::empty())
+        );
+        assert_eq!(s.word(1), start(1));
+        assert_eq!(s.action(1, ZoneAction::Reset).unwrap(), Effects::default());
+        check(&s);
+    }
+
+    #[test]
+    fn offline_action_and_forced_states_release_resources() {
+        let mut s = set(0, 0);
+        write(&mut s, 1, 512).unwrap();
+        let fx = s.force_state(1, ReadOnly).unwrap();
+        assert_eq!(fx.changed, vec![1]);
+        assert_eq!(s.counts(), (0, 0));
+        s.action(1, ZoneAction::Offline).unwrap();
+        assert_eq!(s.word(1) >> word::STATE_SHIFT, word::STATE_OFFLINE);
+        assert_eq!(s.check_read(start(1), 512, false), Err(ZoneError::Offline));
+        check(&s);
+    }
+
+    #[test]
+    fn close_keeps_writes_in_flight() {
+        let mut s = set(0, 0);
+        let t = s.begin_write(start(1), 512).unwrap();
+        s.action(1, ZoneAction::Close).unwrap();
+        assert!(s.complete_write(&t, true));
+        assert_eq!((st(&s, 1), s.info(1).wp), (Closed, start(1) + 512));
+        write(&mut s, 1, 512).unwrap();
+        assert_eq!(s.info(1).wp, start(1) + 1024);
+    }
+
+    #[test]
+    fn finish_and_reset_drop_writes_in_flight() {
+        let mut s = set(0, 0);
+        write(&mut s, 1, 512).unwrap();
+        let t = s.begin_write(start(1) + 512, 512).unwrap();
+        let fx = s.action(1, ZoneAction::Finish).unwrap();
+        // Data already on its way is not zeroed.
+        assert_eq!(fx.zero, vec![(start(1) + 1024, ZS - 1024)]);
+        assert_eq!(s.in_flight(1), 0);
+        assert!(!s.complete_write(&t, true));
+        assert!(!s.complete_write(&t, false));
+        assert_eq!((st(&s, 1), s.info(1).wp), (Full, start(1) + CAP));
+
+        let t = s.begin_write(start(2), 512).unwrap();
+        s.action(2, ZoneAction::Reset).unwrap();
+        let u = s.begin_write(start(2), 512).unwrap();
+        // The old ticket names the same range but is not mistaken for the new one.
+        assert!(!s.complete_write(&t, true));
+        assert_eq!(s.info(2).wp, start(2));
+        assert!(s.complete_write(&u, true));
+        check(&s);
+    }
+
+    #[test]
+    fn set_zde_needs_an_active_resource() {
+        let mut s = set(0, 1);
+        let fx = s.set_zde(1).unwrap();
+        assert_eq!(fx.changed, vec![1]);
+        assert_eq!(s.info(1).attrs, ZoneAttrs::ZDEV);
+        assert_eq!(
+            s.word(1),
+            start(1) | 1 << 58 | word::STATE_CLOSED << word::STATE_SHIFT
+        );
+        assert_eq!(s.set_zde(2), Err(ZoneError::TooManyActive));
+        assert_eq!(s.counts(), (0, 1));
+        check(&s);
+    }
+
+    // ---- Select All ----
+
+    #[test]
+    fn select_all_scopes_skip_conventional_and_other_states() {
+        let mut s = set(0, 0);
+        make(&mut s, 1, ImplicitlyOpened);
+        make(&mut s, 2, ExplicitlyOpened);
+        make(&mut s, 3, Closed);
+        make(&mut s, 4, Full);
+        make(&mut s, 5, ReadOnly);
+        let fx = s.action_all(ZoneAction::Close).unwrap();
+        let states = |s: &ZoneSet| (0..NZ).map(|i| st(s, i)).collect::<Vec<_>>();
+        assert_eq!(states(&s)[1..6], [Closed, Closed, Closed, Full, ReadOnly]);
+        // Zone 2 (opened, nothing written) already persisted as closed-at-start.
+        assert_eq!(fx.changed, Vec::<u32>::new());
+        s.action_all(ZoneAction::Open).unwrap();
+        assert_eq!(states(&s)[1..4], [ExplicitlyOpened; 3]);
+        let fx = s.action_all(ZoneAction::Finish).unwrap();
+        assert_eq!(states(&s)[1..7], [Full, Full, Full, Full, ReadOnly, Empty]);
+        assert_eq!(fx.changed, vec![1, 2, 3]);
+        let fx = s.action_all(ZoneAction::Reset).unwrap();
+        assert_eq!(states(&s)[1..6], [Empty, Empty, Empty, Empty, ReadOnly]);
+        assert_eq!(fx.zero.len(), 4);
+        s.action_all(ZoneAction::Offline).unwrap();
+        assert_eq!(st(&s, 5), Offline);
+        assert_eq!(st(&s, 0), NotWritePointer);
+        check(&s);
+    }
+
+    #[test]
+    fn select_all_open_is_atomic() {
+        let mut s = set(2, 0);
+        for i in 1..4 {
+            make(&mut s, i, Closed);
+        }
+        let before: Vec<u64> = (0..NZ).map(|i| s.word(i)).collect();
+        assert_eq!(s.action_all(ZoneAction::Open), Err(ZoneError::TooManyOpen));
+        assert_eq!((1..4).map(|i| st(&s, i)).collect::<Vec<_>>(), [Closed; 3]);
+        assert_eq!((0..NZ).map(|i| s.word(i)).collect::<Vec<_>>(), before);
+        s.action(1, ZoneAction::Reset).unwrap();
+        // Two Closed zones fit once the implicitly opened zone 4 is evicted.
+        write(&mut s, 4, 512).unwrap();
+        let fx = s.action_all(ZoneAction::Open).unwrap();
+        assert!(fx.changed.contains(&4));
+        assert_eq!(
+            (1..5).map(|i| st(&s, i)).collect::<Vec<_>>(),
+            [Empty, ExplicitlyOpened, ExplicitlyOpened, Closed]
+        );
+        check(&s);
+    }
+
+    // ---- Reads ----
+
+    #[test]
+    fn read_across_zones_needs_cross_and_no_offline_zone() {
+        let mut s = set(0, 0);
+        assert_eq!(
+            s.check_read(ZS - 512, 1024, false),
+            Err(ZoneError::Boundary)
+        );
+        assert_eq!(s.check_read(ZS - 512, 1024, true), Ok(()));
+        make(&mut s, 2, Offline);
+        assert_eq!(s.check_read(ZS, 2 * ZS, true), Err(ZoneError::Offline));
+        assert_eq!(s.check_read(2 * ZS, 512, true), Err(ZoneError::Offline));
+        assert_eq!(
+            s.check_read(start(NZ) - 512, 1024, true),
+            Err(ZoneError::OutOfRange)
+        );
+        assert_eq!(s.check_read(u64::MAX, 1, true), Err(ZoneError::OutOfRange));
+        assert_eq!(s.check_read(ZS, 0, false), Ok(()));
+    }
+
+    // ---- Words (format B.6, B.7) ----
+
+    #[test]
+    fn word_encoding_b6() {
+        let mut s = set(0, 0);
+        assert_eq!(s.word(0), word::CONVENTIONAL);
+        assert_eq!(s.word(1), start(1));
+        write(&mut s, 1, 512).unwrap();
+        assert_eq!(s.word(1), start(1) + 512);
+        make(&mut s, 2, Full);
+        assert_eq!(s.word(2), start(2) + CAP);
+        make(&mut s, 3, ReadOnly);
+        assert_eq!(s.word(3), start(3) | 0xD << 60);
+        make(&mut s, 4, Offline);
+        assert_eq!(s.word(4), start(4) | 0xF << 60);
+        s.zones[5].attrs = ZoneAttrs::ZFC | ZoneAttrs::ZDEV;
+        s.zones[5].state = Closed;
+        s.zones[5].committed = start(5) + 512;
+        assert_eq!(s.word(5), (start(5) + 512) | (1 << 51) | (1 << 58));
+    }
+
+    #[test]
+    fn from_words_b7_derives_states_and_rebuilds_counters_z14() {
+        let g = geom(0, 0);
+        let words = [
+            word::CONVENTIONAL,
+            start(1),
+            start(2) + 512,
+            start(3) + CAP,
+            start(4) + ZS,
+            start(5) | 4 << 60 | 1 << 58,
+            (start(6) + 1024) | (0xD << 60),
+            start(7) | 0xF << 60,
+        ];
+        let s = ZoneSet::from_words(g, &words).unwrap();
+        assert_eq!(
+            (0..NZ).map(|i| st(&s, i)).collect::<Vec<_>>(),
+            [
+                NotWritePointer,
+                Empty,
+                Closed,
+                Full,
+                Full,
+                Closed,
+                ReadOnly,
+                Offline
+            ]
+        );
+        assert_eq!(s.counts(), (0, 2));
+        assert_eq!(s.info(5).attrs, ZoneAttrs::ZDEV);
+        assert_eq!(s.info(6).wp, start(6) + 1024);
+        for i in 0..NZ {
+            assert_eq!(s.word(i), words[i as usize]);
+        }
+        check(&s);
+        // Max active is enforced on rebuilt zones.
+        let err = ZoneSet::from_words(geom(1, 1), &words).unwrap_err();
+        assert!(err.contains("max_active 1"), "{err}");
+    }
+
+    #[test]
+    fn from_words_rejects_bad_words() {
+        let g = geom(0, 0);
+        let good: Vec<u64> = (0..NZ).map(|i| ZoneSet::new(g).word(i)).collect();
+        let cases: [(usize, u64, &str); 9] = [
+            (0, 0, "conventional"),
+            (0, word::CONVENTIONAL | 512, "conventional"),
+            (1, start(1) | word::CONVENTIONAL, "conventional flag"),
+            (1, start(1) - 512, "outside"),
+            (1, start(1) + ZS + 512, "outside"),
+            (1, (start(1) + 512) | (4 << 60), "nibble"),
+            (1, start(1) | 7 << 60, "unknown state nibble 0x7"),
+            (1, start(1) | 1 << 58, "empty zone"),
+            (1, (start(1) + 512) | (1 << 55), "attributes"),
+        ];
+        for (i, w, msg) in cases {
+            let mut words = good.clone();
+            words[i] = w;
+            let err = ZoneSet::from_words(g, &words).unwrap_err();
+            assert!(err.contains(&format!("zone {i}")), "{err}");
+            assert!(err.contains(msg), "{err}");
+        }
+        assert!(ZoneSet::from_words(g, &good[1..]).is_err());
+        let mut bad = g;
+        bad.zone_size = 0;
+        assert!(ZoneSet::from_words(bad, &good).is_err());
+    }
+
+    // ---- Geometry ----
+
+    #[test]
+    fn geometry_validation_names_field_and_value() {
+        let disk = ZS * u64::from(NZ);
+        let g = geom(2, 3);
+        assert_eq!(g.validate(disk), Ok(()));
+        let cases: [(ZoneGeometry, u64, &str); 12] = [
+            (
+                ZoneGeometry {
+                    zone_size: 3 * 1024,
+                    ..g
+                },
+                disk,
+                "zone_size 3072",
+            ),
+            (
+                ZoneGeometry {
+                    zone_size: 256,
+                    ..g
+                },
+                disk,
+                "zone_size 256",
+            ),
+            (
+                ZoneGeometry {
+                    zone_capacity: 0,
+                    ..g
+                },
+                disk,
+                "zone_capacity 0",
+            ),
+            (
+                ZoneGeometry {
+                    zone_capacity: ZS + 512,
+                    ..g
+                },
+                disk,
+                "zone_capacity 4608",
+            ),
+            (
+                ZoneGeometry {
+                    zone_capacity: 1000,
+                    ..g
+                },
+                disk,
+                "zone_capacity 1000",
+            ),
+            (g, disk + 512, "not a multiple"),
+            (g, disk + ZS, "nr_zones 8"),
+            (
+                ZoneGeometry {
+                    conventional_zones: NZ,
+                    ..g
+                },
+                disk,
+                "conventional_zones 8",
+            ),
+            (ZoneGeometry { max_open: NZ, ..g }, disk, "max_open 8"),
+            (
+                ZoneGeometry {
+                    max_active: NZ,
+                    ..g
+                },
+                disk,
+                "max_active 8",
+            ),
+            (
+                ZoneGeometry { max_open: 4, ..g },
+                disk,
+                "max_open 4 exceeds max_active 3",
+            ),
+            (
+                ZoneGeometry {
+                    nr_zones: 1 << 31,
+                    zone_size: 1 << 30,
+                    ..g
+                },
+                1 << 61,
+                "51-bit",
+            ),
+        ];
+        for (g, disk, msg) in cases {
+            let err = g.validate(disk).unwrap_err();
+            assert!(err.contains(msg), "{err} (wanted {msg})");
+        }
+        assert_eq!(
+            ZoneGeometry {
+                max_open: 4,
+                max_active: 0,
+                ..g
+            }
+            .validate(disk),
+            Ok(())
+        );
+        assert_eq!(
+            ZoneGeometry {
+                max_open: 0,
+                max_active: 7,
+                ..g
+            }
+            .validate(disk),
+            Ok(())
+        );
+        assert_eq!(
+            ZoneGeometry {
+                zone_capacity: 512,
+                ..g
+            }
+            .validate(disk),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn zone_of_maps_offsets() {
+        let s = set(0, 0);
+        assert_eq!(s.zone_of(0), Some(0));
+        assert_eq!(s.zone_of(ZS - 1), Some(0));
+        assert_eq!(s.zone_of(ZS), Some(1));
+        assert_eq!(s.zone_of(start(NZ)), None);
+        let i = s.info(3);
+        assert_eq!(
+            (i.start, i.size, i.capacity, i.ztype),
+            (start(3), ZS, CAP, ZoneType::SequentialWriteRequired)
+        );
+    }
+}
