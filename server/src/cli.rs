@@ -1,0 +1,337 @@
+//! Command line: `znsd [serve] [options]`, and the `-o` option parser for `--create`.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use qcow2zoned::{CacheMode, CreateOptions, ZoneOptions};
+use std::path::{Path, PathBuf};
+
+/// Default image path.
+pub const DEFAULT_IMAGE: &str = "znsd.qcow2";
+/// Default socket file name.
+pub const DEFAULT_SOCKET: &str = "znsd.sock";
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+const GIB: u64 = 1024 * MIB;
+
+/// NVMe ZNS controller served over vfio-user, backed by a zoned qcow2 image.
+#[derive(Debug, Parser)]
+#[command(name = "znsd", version, about)]
+pub struct Cli {
+    /// What to do (default: serve with default options).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve a zoned image as an NVMe ZNS PCI function on a vfio-user socket.
+    Serve(ServeArgs),
+}
+
+/// Cache modes on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Cache {
+    /// Volatile write cache advertised; writes durable after Flush/FUA.
+    Writeback,
+    /// No volatile write cache; every write durable on completion.
+    Writethrough,
+}
+
+impl From<Cache> for CacheMode {
+    fn from(c: Cache) -> Self {
+        match c {
+            Cache::Writeback => CacheMode::WriteBack,
+            Cache::Writethrough => CacheMode::WriteThrough,
+        }
+    }
+}
+
+/// Options of `serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Zoned qcow2 image (created with defaults if missing).
+    #[arg(long, default_value = DEFAULT_IMAGE)]
+    pub image: PathBuf,
+    /// vfio-user UNIX socket path [default: ./znsd.sock].
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// Create the image with this virtual size (K/M/G/T suffixes) if it does not exist.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub create: Option<u64>,
+    /// Creation options, as for `qcow2zoned create`: cluster_size=…, zone.size=…,
+    /// zone.capacity=…, zone.conventional_zones=…, zone.max_open_zones=…,
+    /// zone.max_active_zones=…, zone.max_append_bytes=…, zone.zd_extension_size=…
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    pub options: Option<String>,
+    /// Namespace LBA size.
+    #[arg(long, default_value_t = 4096, value_parser = parse_lba_size)]
+    pub lba_size: u32,
+    /// I/O queue pairs offered to the guest (1..=255).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=255))]
+    pub queues: u16,
+    /// I/O poller threads [default: min(queues, CPUs, 4)].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub io_threads: Option<u16>,
+    /// Cache mode.
+    #[arg(long, value_enum, default_value_t = Cache::Writeback)]
+    pub cache: Cache,
+    /// Open the image with O_DIRECT.
+    #[arg(long)]
+    pub direct: bool,
+}
+
+impl Default for ServeArgs {
+    fn default() -> Self {
+        ServeArgs {
+            image: PathBuf::from(DEFAULT_IMAGE),
+            socket: None,
+            create: None,
+            options: None,
+            lba_size: 4096,
+            queues: 4,
+            io_threads: None,
+            cache: Cache::Writeback,
+            direct: false,
+        }
+    }
+}
+
+impl ServeArgs {
+    /// Socket path in force.
+    pub fn socket_path(&self) -> PathBuf {
+        self.socket
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(".").join(DEFAULT_SOCKET))
+    }
+
+    /// I/O poller threads in force.
+    pub fn io_pollers(&self) -> usize {
+        let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        match self.io_threads {
+            Some(n) => usize::from(n).min(usize::from(self.queues)),
+            None => usize::from(self.queues).min(cpus).min(4),
+        }
+        .max(1)
+    }
+
+    /// Creation options for a missing image: `--create SIZE -o …`, or the defaults.
+    pub fn create_options(&self) -> Result<CreateOptions, String> {
+        let mut o = default_create_options();
+        if let Some(size) = self.create {
+            o.size = size;
+        }
+        if let Some(s) = &self.options {
+            apply_options(&mut o, s)?;
+        }
+        Ok(o)
+    }
+}
+
+fn parse_lba_size(s: &str) -> Result<u32, String> {
+    match s {
+        "512" => Ok(512),
+        "4096" | "4k" | "4K" => Ok(4096),
+        _ => Err(format!("LBA size must be 512 or 4096, not {s}")),
+    }
+}
+
+/// Defaults for an image znsd creates itself: 4 GiB, 64 MiB zones, 16 open/active zones,
+/// 64-byte zone descriptor extensions.
+pub fn default_create_options() -> CreateOptions {
+    CreateOptions {
+        size: 4 * GIB,
+        cluster_size: 64 * KIB,
+        zone: ZoneOptions {
+            size: 64 * MIB,
+            capacity: 64 * MIB,
+            conventional_zones: 0,
+            max_open_zones: 16,
+            max_active_zones: 16,
+            max_append_bytes: 64 * KIB as u32,
+            zd_extension_size: 64,
+        },
+    }
+}
+
+/// Parse a size with an optional K/M/G/T (binary) suffix, optionally followed by `B`/`iB`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m = match c.to_ascii_uppercase() {
+                'K' => KIB,
+                'M' => MIB,
+                'G' => GIB,
+                'T' => 1024 * GIB,
+                _ => return Err(format!("Unknown size suffix in {s:?}")),
+            };
+            (&t[..i], m)
+        }
+        _ => (t, 1),
+    };
+    let n: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("Invalid size {s:?}"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("Size {s:?} is too large"))
+}
+
+fn parse_u32(key: &str, v: &str) -> Result<u32, String> {
+    let n = parse_size(v)?;
+    u32::try_from(n).map_err(|_| format!("{key}={v} is too large"))
+}
+
+/// Apply a `-o key=value,...` string (qemu-img style names) to `o`.
+pub fn apply_options(o: &mut CreateOptions, s: &str) -> Result<(), String> {
+    let mut capacity_set = false;
+    let mut open_set = false;
+    let mut active_set = false;
+    for kv in s.split(',').map(str::trim).filter(|kv| !kv.is_empty()) {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| format!("Option {kv:?} is not key=value"))?;
+        let (k, v) = (k.trim(), v.trim());
+        match k {
+            "size" => o.size = parse_size(v)?,
+            "cluster_size" => o.cluster_size = parse_size(v)?,
+            "zone.mode" | "zoned" => {
+                if v != "host-managed" && v != "on" && v != "true" {
+                    return Err(format!(
+                        "Only host-managed zoned images can be served, not {k}={v}"
+                    ));
+                }
+            }
+            "zone.size" => o.zone.size = parse_size(v)?,
+            "zone.capacity" => {
+                o.zone.capacity = parse_size(v)?;
+                capacity_set = true;
+            }
+            "zone.conventional_zones" => o.zone.conventional_zones = parse_u32(k, v)?,
+            "zone.max_open_zones" => {
+                o.zone.max_open_zones = parse_u32(k, v)?;
+                open_set = true;
+            }
+            "zone.max_active_zones" => {
+                o.zone.max_active_zones = parse_u32(k, v)?;
+                active_set = true;
+            }
+            "zone.max_append_bytes" => o.zone.max_append_bytes = parse_u32(k, v)?,
+            "zone.zd_extension_size" => o.zone.zd_extension_size = parse_u32(k, v)?,
+            _ => return Err(format!("Unknown option {k:?}")),
+        }
+    }
+    if !capacity_set {
+        o.zone.capacity = o.zone.size;
+    }
+    // Like qemu-img: max_active without max_open implies max_open = max_active.
+    if active_set && !open_set {
+        o.zone.max_open_zones = o.zone.max_active_zones;
+    }
+    if open_set && !active_set && o.zone.max_active_zones != 0 {
+        o.zone.max_active_zones = o.zone.max_active_zones.max(o.zone.max_open_zones);
+    }
+    Ok(())
+}
+
+/// The QEMU arguments that attach a client to `socket`.
+pub fn qemu_command_line(socket: &Path) -> String {
+    let abs = std::fs::canonicalize(socket)
+        .ok()
+        .or_else(|| std::env::current_dir().ok().map(|d| d.join(socket)))
+        .unwrap_or_else(|| socket.to_path_buf());
+    let json = format!(
+        r#"{{"driver":"vfio-user-pci","socket":{{"type":"unix","path":"{}"}}}}"#,
+        abs.display()
+            .to_string()
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+    );
+    format!(
+        "-object memory-backend-memfd,id=mem,size=2G,share=on -machine q35,memory-backend=mem -m 2G -device '{json}'"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64K"), Ok(65536));
+        assert_eq!(parse_size("64M"), Ok(64 * MIB));
+        assert_eq!(parse_size("4G"), Ok(4 * GIB));
+        assert_eq!(parse_size("4GiB"), Ok(4 * GIB));
+        assert_eq!(parse_size("1t"), Ok(1024 * GIB));
+        assert!(parse_size("4X").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn options_string() {
+        let mut o = default_create_options();
+        apply_options(
+            &mut o,
+            "zone.mode=host-managed,zone.size=128M,zone.max_active_zones=8,zone.zd_extension_size=128,cluster_size=4K",
+        )
+        .unwrap();
+        assert_eq!(o.zone.size, 128 * MIB);
+        assert_eq!(o.zone.capacity, 128 * MIB);
+        assert_eq!(o.zone.max_active_zones, 8);
+        assert_eq!(o.zone.max_open_zones, 8);
+        assert_eq!(o.zone.zd_extension_size, 128);
+        assert_eq!(o.cluster_size, 4096);
+        assert!(apply_options(&mut o, "zone.bogus=1").is_err());
+        assert!(apply_options(&mut o, "zone.size").is_err());
+        assert!(apply_options(&mut o, "zone.mode=host-aware").is_err());
+    }
+
+    #[test]
+    fn cli_parses() {
+        let c = Cli::try_parse_from(["znsd"]).unwrap();
+        assert!(c.command.is_none());
+        let c = Cli::try_parse_from([
+            "znsd",
+            "serve",
+            "--image",
+            "x.qcow2",
+            "--create",
+            "1G",
+            "-o",
+            "zone.size=16M",
+            "--lba-size",
+            "512",
+            "--queues",
+            "8",
+            "--cache",
+            "writethrough",
+            "--direct",
+        ])
+        .unwrap();
+        let Some(Command::Serve(a)) = c.command else {
+            panic!("serve expected")
+        };
+        assert_eq!(a.create, Some(GIB));
+        assert_eq!(a.lba_size, 512);
+        assert_eq!(a.queues, 8);
+        assert_eq!(a.cache, Cache::Writethrough);
+        assert!(a.direct);
+        assert_eq!(a.create_options().unwrap().zone.size, 16 * MIB);
+        assert!(Cli::try_parse_from(["znsd", "serve", "--lba-size", "1024"]).is_err());
+        assert!(Cli::try_parse_from(["znsd", "serve", "--queues", "256"]).is_err());
+    }
+
+    #[test]
+    fn qemu_line_mentions_socket() {
+        let l = qemu_command_line(Path::new("/run/znsd.sock"));
+        assert!(l.contains(r#""path":"/run/znsd.sock""#), "{l}");
+        assert!(l.contains("share=on"));
+    }
+}

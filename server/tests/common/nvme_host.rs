@@ -1,0 +1,1 @@
+//! NVMe host helpers (filled when the nvme crate lands).
