@@ -1874,6 +1874,21 @@ mod tests {
         check(&s);
     }
 
+    #[test]
+    fn select_all_open_counts_explicitly_opened_zones_before_changing_anything() {
+        let mut s = set(2, 0);
+        s.action(1, ZoneAction::Open).unwrap();
+        make(&mut s, 2, Closed);
+        make(&mut s, 3, Closed);
+        assert_eq!(s.action_all(ZoneAction::Open), Err(ZoneError::TooManyOpen));
+        assert_eq!(
+            (1..4).map(|i| st(&s, i)).collect::<Vec<_>>(),
+            [ExplicitlyOpened, Closed, Closed]
+        );
+        assert_eq!(s.counts(), (1, 3));
+        check(&s);
+    }
+
     // ---- Reads ----
 
     #[test]
@@ -2130,5 +2145,477 @@ mod tests {
             (i.start, i.size, i.capacity, i.ztype),
             (start(3), ZS, CAP, ZoneType::SequentialWriteRequired)
         );
+    }
+
+    // ---- Property tests ----
+
+    mod prop {
+        use super::super::*;
+        use super::{check_with, round_trip};
+        use proptest::prelude::*;
+        use ZoneState::*;
+
+        const PZS: u64 = 4096;
+        const PNZ: u32 = 6;
+        const PCONV: u32 = 1;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            /// Write of `blocks` sectors at: 0-1 the reserved wp, 2 wp + 512, 3 the zone start.
+            Write {
+                zone: u32,
+                at: u8,
+                blocks: u64,
+            },
+            Append {
+                zone: u32,
+                blocks: u64,
+                misaligned: bool,
+            },
+            Action {
+                zone: u32,
+                action: ZoneAction,
+            },
+            All {
+                action: ZoneAction,
+            },
+            SetZde {
+                zone: u32,
+            },
+            Force {
+                zone: u32,
+                read_only: bool,
+            },
+            Restart,
+        }
+
+        fn action() -> impl Strategy<Value = ZoneAction> {
+            prop_oneof![
+                Just(ZoneAction::Close),
+                Just(ZoneAction::Finish),
+                Just(ZoneAction::Open),
+                Just(ZoneAction::Reset),
+                Just(ZoneAction::Offline),
+            ]
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            let zone = 0..=PNZ;
+            prop_oneof![
+                6 => (zone.clone(), 0u8..4, 1u64..=4)
+                    .prop_map(|(zone, at, blocks)| Op::Write { zone, at, blocks }),
+                3 => (zone.clone(), 1u64..=4, prop::bool::weighted(0.1))
+                    .prop_map(|(zone, blocks, misaligned)| Op::Append { zone, blocks, misaligned }),
+                4 => (zone.clone(), action()).prop_map(|(zone, action)| Op::Action { zone, action }),
+                2 => action().prop_map(|action| Op::All { action }),
+                1 => zone.clone().prop_map(|zone| Op::SetZde { zone }),
+                1 => (zone, prop::bool::weighted(0.7))
+                    .prop_map(|(zone, read_only)| Op::Force { zone, read_only }),
+                1 => Just(Op::Restart),
+            ]
+        }
+
+        fn geometry() -> impl Strategy<Value = ZoneGeometry> {
+            let seq = PNZ - PCONV;
+            (0..=seq, 0..=seq, prop_oneof![Just(2048u64), Just(PZS)]).prop_map(
+                move |(a, b, cap)| {
+                    let (max_open, max_active) = if a != 0 && b != 0 {
+                        (a.min(b), a.max(b))
+                    } else {
+                        (a, b)
+                    };
+                    ZoneGeometry {
+                        zone_size: PZS,
+                        zone_capacity: cap,
+                        nr_zones: PNZ,
+                        conventional_zones: PCONV,
+                        max_open,
+                        max_active,
+                    }
+                },
+            )
+        }
+
+        /// Reference model: writes complete at once; counts are recomputed by scanning.
+        #[derive(Debug, Clone)]
+        struct Model {
+            g: ZoneGeometry,
+            st: Vec<ZoneState>,
+            wp: Vec<u64>,
+            zdev: Vec<bool>,
+            lru: Vec<u64>,
+            tick: u64,
+        }
+
+        impl Model {
+            fn new(g: ZoneGeometry) -> Self {
+                let n = g.nr_zones as usize;
+                let st = (0..g.nr_zones)
+                    .map(|i| {
+                        if i < g.conventional_zones {
+                            NotWritePointer
+                        } else {
+                            Empty
+                        }
+                    })
+                    .collect();
+                Model {
+                    g,
+                    st,
+                    wp: (0..g.nr_zones)
+                        .map(|i| u64::from(i) * g.zone_size)
+                        .collect(),
+                    zdev: vec![false; n],
+                    lru: vec![0; n],
+                    tick: 0,
+                }
+            }
+
+            fn start(&self, i: usize) -> u64 {
+                i as u64 * self.g.zone_size
+            }
+
+            fn count(&self, f: impl Fn(ZoneState) -> bool) -> u32 {
+                self.st.iter().filter(|s| f(**s)).count() as u32
+            }
+
+            fn open(&self) -> u32 {
+                self.count(|s| matches!(s, ImplicitlyOpened | ExplicitlyOpened))
+            }
+
+            fn active(&self) -> u32 {
+                self.count(|s| matches!(s, ImplicitlyOpened | ExplicitlyOpened | Closed))
+            }
+
+            /// Resources for opening one more zone (and activating it if `activate`).
+            fn room(&mut self, activate: bool) -> Result<(), ZoneError> {
+                if activate && self.g.max_active != 0 && self.active() >= self.g.max_active {
+                    return Err(ZoneError::TooManyActive);
+                }
+                if self.g.max_open != 0 && self.open() >= self.g.max_open {
+                    let victim = (0..self.st.len())
+                        .filter(|&i| self.st[i] == ImplicitlyOpened)
+                        .min_by_key(|&i| self.lru[i])
+                        .ok_or(ZoneError::TooManyOpen)?;
+                    self.st[victim] = Closed;
+                }
+                Ok(())
+            }
+
+            fn write(&mut self, off: u64, len: u64, append: bool) -> Result<u64, ZoneError> {
+                let disk = u64::from(self.g.nr_zones) * self.g.zone_size;
+                if off + len > disk {
+                    return Err(ZoneError::OutOfRange);
+                }
+                let i = (off / self.g.zone_size) as usize;
+                let start = self.start(i);
+                if append && off != start {
+                    return Err(ZoneError::NotZoneStart);
+                }
+                if self.st[i] == NotWritePointer {
+                    if append {
+                        return Err(ZoneError::Conventional);
+                    }
+                    if off + len > start + self.g.zone_size {
+                        return Err(ZoneError::Boundary);
+                    }
+                    return Ok(off);
+                }
+                match self.st[i] {
+                    Full => return Err(ZoneError::Full),
+                    ReadOnly => return Err(ZoneError::ReadOnly),
+                    Offline => return Err(ZoneError::Offline),
+                    _ => {}
+                }
+                let at = if append { self.wp[i] } else { off };
+                if at != self.wp[i] {
+                    return Err(ZoneError::InvalidWrite);
+                }
+                if at + len > start + self.g.zone_capacity {
+                    return Err(ZoneError::Boundary);
+                }
+                match self.st[i] {
+                    Empty => self.room(true)?,
+                    Closed => self.room(false)?,
+                    _ => {}
+                }
+                if matches!(self.st[i], Empty | Closed) {
+                    self.st[i] = ImplicitlyOpened;
+                }
+                self.tick += 1;
+                self.lru[i] = self.tick;
+                self.wp[i] += len;
+                if self.wp[i] == start + self.g.zone_capacity {
+                    self.st[i] = Full;
+                }
+                Ok(at)
+            }
+
+            fn action(&mut self, i: usize, a: ZoneAction) -> Result<(), ZoneError> {
+                if i >= self.st.len() {
+                    return Err(ZoneError::OutOfRange);
+                }
+                if self.st[i] == NotWritePointer {
+                    return Err(ZoneError::Conventional);
+                }
+                let s = self.st[i];
+                let bad = Err(ZoneError::InvalidTransition);
+                match a {
+                    ZoneAction::Open => match s {
+                        Empty => self.room(true)?,
+                        Closed => self.room(false)?,
+                        ImplicitlyOpened | ExplicitlyOpened => {}
+                        _ => return bad,
+                    },
+                    ZoneAction::Close => match s {
+                        ImplicitlyOpened | ExplicitlyOpened | Closed => {}
+                        _ => return bad,
+                    },
+                    ZoneAction::Finish => match s {
+                        Empty | ImplicitlyOpened | ExplicitlyOpened | Closed | Full => {}
+                        _ => return bad,
+                    },
+                    ZoneAction::Reset => match s {
+                        Empty | ImplicitlyOpened | ExplicitlyOpened | Closed | Full => {}
+                        _ => return bad,
+                    },
+                    ZoneAction::Offline => match s {
+                        ReadOnly | Offline => {}
+                        _ => return bad,
+                    },
+                }
+                let start = self.start(i);
+                match a {
+                    ZoneAction::Open => self.st[i] = ExplicitlyOpened,
+                    ZoneAction::Close => self.st[i] = Closed,
+                    ZoneAction::Finish => {
+                        self.st[i] = Full;
+                        self.wp[i] = self.wp[i].max(start + self.g.zone_capacity);
+                    }
+                    ZoneAction::Reset => {
+                        self.st[i] = Empty;
+                        self.wp[i] = start;
+                        self.zdev[i] = false;
+                    }
+                    ZoneAction::Offline => self.st[i] = Offline,
+                }
+                Ok(())
+            }
+
+            fn all(&mut self, a: ZoneAction) -> Result<(), ZoneError> {
+                let scope: &[ZoneState] = match a {
+                    ZoneAction::Close => &[ImplicitlyOpened, ExplicitlyOpened],
+                    ZoneAction::Finish => &[ImplicitlyOpened, ExplicitlyOpened, Closed],
+                    ZoneAction::Open => &[Closed],
+                    ZoneAction::Reset => &[ImplicitlyOpened, ExplicitlyOpened, Closed, Full],
+                    ZoneAction::Offline => &[ReadOnly],
+                };
+                let targets: Vec<usize> = (0..self.st.len())
+                    .filter(|&i| scope.contains(&self.st[i]))
+                    .collect();
+                if a == ZoneAction::Open
+                    && self.g.max_open != 0
+                    && self.count(|s| s == ExplicitlyOpened) + targets.len() as u32
+                        > self.g.max_open
+                {
+                    return Err(ZoneError::TooManyOpen);
+                }
+                for i in targets {
+                    self.action(i, a).expect("select all step");
+                }
+                Ok(())
+            }
+
+            fn set_zde(&mut self, i: usize) -> Result<(), ZoneError> {
+                match self.st.get(i) {
+                    None => Err(ZoneError::OutOfRange),
+                    Some(NotWritePointer) => Err(ZoneError::Conventional),
+                    Some(Empty) => {
+                        if self.g.max_active != 0 && self.active() >= self.g.max_active {
+                            return Err(ZoneError::TooManyActive);
+                        }
+                        self.st[i] = Closed;
+                        self.zdev[i] = true;
+                        Ok(())
+                    }
+                    Some(_) => Err(ZoneError::InvalidTransition),
+                }
+            }
+
+            fn force(&mut self, i: usize, to: ZoneState) -> Result<(), ZoneError> {
+                match self.st.get(i) {
+                    None => Err(ZoneError::OutOfRange),
+                    Some(NotWritePointer) => Err(ZoneError::Conventional),
+                    Some(Offline) if to == ReadOnly => Err(ZoneError::InvalidTransition),
+                    Some(_) => {
+                        self.st[i] = to;
+                        Ok(())
+                    }
+                }
+            }
+
+            fn restart(&mut self) {
+                for s in &mut self.st {
+                    if matches!(s, ImplicitlyOpened | ExplicitlyOpened) {
+                        *s = Closed;
+                    }
+                }
+            }
+        }
+
+        fn compare(s: &ZoneSet, m: &Model) {
+            for i in 0..m.g.nr_zones {
+                let inf = s.info(i);
+                let k = i as usize;
+                assert_eq!(inf.state, m.st[k], "zone {i} state");
+                assert_eq!(inf.wp, m.wp[k], "zone {i} wp");
+                assert_eq!(
+                    inf.attrs.contains(ZoneAttrs::ZDEV),
+                    m.zdev[k],
+                    "zone {i} zdev"
+                );
+            }
+            assert_eq!(s.counts(), (m.open(), m.active()));
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+            /// Synchronous I/O: the state machine agrees with the reference model step by step.
+            #[test]
+            fn matches_reference_model(g in geometry(), ops in prop::collection::vec(op(), 1..60)) {
+                let mut s = ZoneSet::new(g);
+                let mut m = Model::new(g);
+                for op in ops {
+                    match op {
+                        Op::Write { zone, at, blocks } => {
+                            let base = if zone < g.nr_zones { s.reserved_wp(zone) } else { u64::from(zone) * PZS };
+                            let off = match at {
+                                0 | 1 => base,
+                                2 => base + 512,
+                                _ => u64::from(zone) * PZS,
+                            };
+                            let len = blocks * 512;
+                            let want = m.write(off, len, false);
+                            let got = s.begin_write(off, len);
+                            prop_assert_eq!(got.as_ref().map(|t| t.offset).map_err(|e| *e), want);
+                            if let Ok(t) = got {
+                                s.complete_write(&t, true);
+                            }
+                        }
+                        Op::Append { zone, blocks, misaligned } => {
+                            let off = u64::from(zone) * PZS + if misaligned { 512 } else { 0 };
+                            let len = blocks * 512;
+                            let want = m.write(off, len, true);
+                            let got = s.begin_append(off, len);
+                            prop_assert_eq!(got.as_ref().map(|t| t.offset).map_err(|e| *e), want);
+                            if let Ok(t) = got {
+                                s.complete_write(&t, true);
+                            }
+                        }
+                        Op::Action { zone, action } => {
+                            let want = m.action(zone as usize, action);
+                            prop_assert_eq!(s.action(zone, action).map(|_| ()), want);
+                        }
+                        Op::All { action } => {
+                            let want = m.all(action);
+                            prop_assert_eq!(s.action_all(action).map(|_| ()), want);
+                        }
+                        Op::SetZde { zone } => {
+                            let want = m.set_zde(zone as usize);
+                            prop_assert_eq!(s.set_zde(zone).map(|_| ()), want);
+                        }
+                        Op::Force { zone, read_only } => {
+                            let to = if read_only { ReadOnly } else { Offline };
+                            let want = m.force(zone as usize, to);
+                            prop_assert_eq!(s.force_state(zone, to).map(|_| ()), want);
+                        }
+                        Op::Restart => {
+                            let words: Vec<u64> = (0..g.nr_zones).map(|i| s.word(i)).collect();
+                            s = ZoneSet::from_words(g, &words).unwrap();
+                            m.restart();
+                        }
+                    }
+                    compare(&s, &m);
+                    check_with(&s, g.max_active);
+                }
+            }
+
+            /// Writes in flight, completed out of order, some failing, mixed with management
+            /// and power losses: invariants hold, and every word set rebuilds.
+            #[test]
+            fn invariants_with_writes_in_flight(
+                g in geometry(),
+                ops in prop::collection::vec((op(), any::<prop::sample::Index>(), 0u8..8), 1..80),
+            ) {
+                let mut s = ZoneSet::new(g);
+                let mut tickets: Vec<WriteTicket> = Vec::new();
+                // A rebuild may come back above max_active; the machine never adds to that.
+                let mut limit = g.max_active;
+                for (op, pick, roll) in ops {
+                    let before = s.counts().1;
+                    let mut restarted = false;
+                    // roll 0-2: complete a ticket instead (roll 0: as a failure).
+                    if roll < 3 && !tickets.is_empty() {
+                        let t = tickets.remove(pick.index(tickets.len()));
+                        let (wp, word) = (s.info(t.zone).wp, s.word(t.zone));
+                        let moved = s.complete_write(&t, roll != 0);
+                        prop_assert!(s.info(t.zone).wp >= wp || !moved);
+                        prop_assert_eq!(moved, s.info(t.zone).wp != wp);
+                        if !moved {
+                            // Only a rollback may change the word without moving the wp.
+                            prop_assert!(roll == 0 || s.word(t.zone) == word);
+                        }
+                    } else {
+                        match op {
+                            Op::Write { zone, at, blocks } if zone < g.nr_zones => {
+                                let off = if at == 3 { u64::from(zone) * PZS } else { s.reserved_wp(zone) };
+                                if let Ok(t) = s.begin_write(off, blocks * 512) {
+                                    tickets.push(t);
+                                }
+                            }
+                            Op::Write { .. } => {}
+                            Op::Append { zone, blocks, .. } => {
+                                if let Ok(t) = s.begin_append(u64::from(zone) * PZS, blocks * 512) {
+                                    tickets.push(t);
+                                }
+                            }
+                            Op::Action { zone, action } => {
+                                let _ = s.action(zone, action);
+                            }
+                            Op::All { action } => {
+                                let _ = s.action_all(action);
+                            }
+                            Op::SetZde { zone } => {
+                                let _ = s.set_zde(zone);
+                            }
+                            Op::Force { zone, read_only } => {
+                                let _ = s.force_state(zone, if read_only { ReadOnly } else { Offline });
+                            }
+                            Op::Restart => {
+                                let words: Vec<u64> = (0..g.nr_zones).map(|i| s.word(i)).collect();
+                                s = ZoneSet::from_words(g, &words).unwrap();
+                                tickets.clear();
+                                restarted = true;
+                                if g.max_active != 0 {
+                                    limit = limit.max(s.counts().1);
+                                }
+                            }
+                        }
+                    }
+                    let after = s.counts().1;
+                    if g.max_active != 0 && after > g.max_active && !restarted {
+                        prop_assert!(after <= before.max(g.max_active), "active grew past the limit");
+                    }
+                    check_with(&s, limit);
+                    // A power loss right now must leave an image that opens.
+                    let words: Vec<u64> = (0..g.nr_zones).map(|i| s.word(i)).collect();
+                    prop_assert!(ZoneSet::from_words(g, &words).is_ok());
+                    if tickets.is_empty() {
+                        round_trip(&s);
+                    }
+                }
+            }
+        }
     }
 }
