@@ -1,1 +1,478 @@
-//! NVMe host helpers (filled when the nvme crate lands).
+//! A small NVMe host driver speaking vfio-user, initialising the controller the way Linux
+//! does: CC/AQA/ASQ/ACQ, Identify, Number of Queues, I/O CQ/SQ pairs with MSI-X vectors.
+
+use super::{cfg_write16, map_doorbells, GuestRam, Irq, RAM_SIZE};
+use std::time::{Duration, Instant};
+use znsd::dma::SharedMapping;
+
+/// Opcodes.
+pub mod opc {
+    pub const DELETE_SQ: u8 = 0x00;
+    pub const CREATE_SQ: u8 = 0x01;
+    pub const GET_LOG: u8 = 0x02;
+    pub const CREATE_CQ: u8 = 0x05;
+    pub const IDENTIFY: u8 = 0x06;
+    pub const SET_FEATURES: u8 = 0x09;
+    pub const FLUSH: u8 = 0x00;
+    pub const WRITE: u8 = 0x01;
+    pub const READ: u8 = 0x02;
+    pub const ZONE_SEND: u8 = 0x79;
+    pub const ZONE_RECV: u8 = 0x7a;
+    pub const ZONE_APPEND: u8 = 0x7d;
+}
+
+/// Zone send actions.
+pub mod zsa {
+    pub const CLOSE: u8 = 1;
+    pub const FINISH: u8 = 2;
+    pub const OPEN: u8 = 3;
+    pub const RESET: u8 = 4;
+    pub const SET_ZDE: u8 = 0x10;
+}
+
+/// A submission queue entry.
+#[derive(Debug, Clone, Copy)]
+pub struct Sqe(pub [u32; 16]);
+
+impl Sqe {
+    pub fn new(opc: u8, nsid: u32) -> Self {
+        let mut d = [0u32; 16];
+        d[0] = u32::from(opc);
+        d[1] = nsid;
+        Sqe(d)
+    }
+    pub fn cdw(mut self, n: usize, v: u32) -> Self {
+        self.0[n] = v;
+        self
+    }
+    pub fn prp(mut self, prp1: u64, prp2: u64) -> Self {
+        self.0[6] = prp1 as u32;
+        self.0[7] = (prp1 >> 32) as u32;
+        self.0[8] = prp2 as u32;
+        self.0[9] = (prp2 >> 32) as u32;
+        self
+    }
+    pub fn slba(self, slba: u64) -> Self {
+        self.cdw(10, slba as u32).cdw(11, (slba >> 32) as u32)
+    }
+    /// Read/Write/Append with `nlb` blocks (1-based here).
+    pub fn rw(opc: u8, slba: u64, nlb: u32) -> Self {
+        Sqe::new(opc, 1).slba(slba).cdw(12, nlb - 1)
+    }
+    pub fn identify(cns: u8, nsid: u32, csi: u8) -> Self {
+        Sqe::new(opc::IDENTIFY, nsid)
+            .cdw(10, u32::from(cns))
+            .cdw(11, u32::from(csi) << 24)
+    }
+    pub fn zone_send(slba: u64, action: u8, all: bool) -> Self {
+        Sqe::new(opc::ZONE_SEND, 1)
+            .slba(slba)
+            .cdw(13, u32::from(action) | if all { 1 << 8 } else { 0 })
+    }
+    pub fn zone_recv(slba: u64, len: u32, zra: u8, partial: bool) -> Self {
+        Sqe::new(opc::ZONE_RECV, 1)
+            .slba(slba)
+            .cdw(12, len / 4 - 1)
+            .cdw(13, u32::from(zra) | if partial { 1 << 16 } else { 0 })
+    }
+    fn bytes(&self, cid: u16) -> [u8; 64] {
+        let mut b = [0u8; 64];
+        for (i, d) in self.0.iter().enumerate() {
+            b[i * 4..i * 4 + 4].copy_from_slice(&d.to_le_bytes());
+        }
+        b[2..4].copy_from_slice(&cid.to_le_bytes());
+        b
+    }
+}
+
+/// A completion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cqe {
+    pub dw0: u32,
+    pub dw1: u32,
+    pub sqhd: u16,
+    pub sqid: u16,
+    pub cid: u16,
+    /// Status field without the phase bit: (sct, sc).
+    pub sct: u8,
+    pub sc: u8,
+    pub dnr: bool,
+}
+
+impl Cqe {
+    pub fn ok(&self) -> bool {
+        self.sct == 0 && self.sc == 0
+    }
+    pub fn status(&self) -> (u8, u8) {
+        (self.sct, self.sc)
+    }
+    pub fn result64(&self) -> u64 {
+        u64::from(self.dw0) | (u64::from(self.dw1) << 32)
+    }
+}
+
+/// Statuses used in the tests (sct, sc).
+pub mod st {
+    pub const SUCCESS: (u8, u8) = (0, 0);
+    pub const INVALID_OPCODE: (u8, u8) = (0, 0x01);
+    pub const INVALID_FIELD: (u8, u8) = (0, 0x02);
+    pub const DATA_TRANSFER: (u8, u8) = (0, 0x04);
+    pub const LBA_RANGE: (u8, u8) = (0, 0x80);
+    pub const INVALID_QID: (u8, u8) = (1, 0x01);
+    pub const ZONE_BOUNDARY: (u8, u8) = (1, 0xb8);
+    pub const ZONE_FULL: (u8, u8) = (1, 0xb9);
+    pub const ZONE_INVALID_WRITE: (u8, u8) = (1, 0xbc);
+    pub const TOO_MANY_ACTIVE: (u8, u8) = (1, 0xbd);
+    pub const TOO_MANY_OPEN: (u8, u8) = (1, 0xbe);
+    pub const INVALID_TRANSITION: (u8, u8) = (1, 0xbf);
+}
+
+struct Queue {
+    sq: u64,
+    cq: u64,
+    size: u32,
+    tail: u32,
+    head: u32,
+    phase: bool,
+}
+
+/// How doorbells reach the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DoorbellPath {
+    /// Stores into the mmapped sparse area (QEMU's fast path).
+    Mapped,
+    /// REGION_WRITE messages (QEMU with INTx pending).
+    Trapped,
+}
+
+/// The host.
+pub struct Host {
+    pub c: vfio_user::Client,
+    pub ram: GuestRam,
+    db: SharedMapping,
+    pub path: DoorbellPath,
+    queues: Vec<Option<Queue>>,
+    pub irqs: Vec<Irq>,
+    next: u64,
+    cid: u16,
+    pub lba: u32,
+    pub timeout: Duration,
+}
+
+pub const ADMIN_ENTRIES: u32 = 32;
+pub const IO_ENTRIES: u32 = 64;
+
+impl Host {
+    /// Connect, DMA-map all guest RAM (memfd), switch to MSI-X with one eventfd per vector.
+    pub fn connect(socket: &std::path::Path, path: DoorbellPath, vectors: u16) -> Host {
+        let mut c = vfio_user::Client::new(socket).unwrap();
+        let ram = GuestRam::new();
+        c.dma_map(0, 0, RAM_SIZE, ram.raw_fd()).unwrap();
+        let (db, _) = map_doorbells(&c);
+        // Bus master + memory, MSI-X enable (as Linux + QEMU forward it).
+        cfg_write16(&mut c, 4, 0x0006);
+        cfg_write16(&mut c, 0x52, 0x8000);
+        let irqs: Vec<Irq> = (0..vectors).map(|_| Irq::new()).collect();
+        for (v, irq) in irqs.iter().enumerate() {
+            c.set_irqs(
+                2,
+                vfio_bindings::bindings::vfio::VFIO_IRQ_SET_DATA_EVENTFD
+                    | vfio_bindings::bindings::vfio::VFIO_IRQ_SET_ACTION_TRIGGER,
+                u32::try_from(v).unwrap(),
+                1,
+                &[irq.raw()],
+            )
+            .unwrap();
+        }
+        Host {
+            c,
+            ram,
+            db,
+            path,
+            queues: Vec::new(),
+            irqs,
+            next: 0x10000,
+            cid: 0,
+            lba: 4096,
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Allocate zeroed page-aligned guest memory.
+    pub fn alloc(&mut self, len: u64) -> u64 {
+        let a = self.next;
+        let len = len.max(1).div_ceil(4096) * 4096;
+        assert!(a + len <= RAM_SIZE, "guest RAM exhausted");
+        self.next += len;
+        self.ram.fill(a, usize::try_from(len).unwrap(), 0);
+        a
+    }
+
+    pub fn reg32(&mut self, off: u64) -> u32 {
+        super::bar_read32(&mut self.c, off)
+    }
+    pub fn reg64(&mut self, off: u64) -> u64 {
+        super::bar_read64(&mut self.c, off)
+    }
+    pub fn set_reg32(&mut self, off: u64, v: u32) {
+        super::bar_write32(&mut self.c, off, v);
+    }
+    pub fn set_reg64(&mut self, off: u64, v: u64) {
+        super::bar_write64(&mut self.c, off, v);
+    }
+
+    fn ring(&mut self, off: u64, v: u32) {
+        match self.path {
+            DoorbellPath::Mapped => self.db.store_u32_release(off - 0x1000, v),
+            DoorbellPath::Trapped => self.set_reg32(off, v),
+        }
+    }
+
+    /// Raw doorbell write (for misprogramming tests).
+    pub fn ring_sq(&mut self, qid: u16, v: u32) {
+        self.ring(0x1000 + 8 * u64::from(qid), v);
+    }
+
+    /// Wait for CSTS.RDY == `rdy` (or CFS); returns CSTS.
+    pub fn wait_ready(&mut self, rdy: bool) -> u32 {
+        let t0 = Instant::now();
+        loop {
+            let csts = self.reg32(0x1c);
+            if (csts & 1 != 0) == rdy || csts & 2 != 0 {
+                return csts;
+            }
+            assert!(t0.elapsed() < self.timeout, "CSTS.RDY never became {rdy}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// CC.EN = 0 and wait for RDY = 0; host queues forgotten.
+    pub fn disable(&mut self) {
+        let cc = self.reg32(0x14);
+        self.set_reg32(0x14, cc & !1);
+        self.wait_ready(false);
+        self.queues.clear();
+    }
+
+    /// Program admin queues and enable (CSS = all I/O command sets, like Linux with ZNS).
+    pub fn enable(&mut self) -> u32 {
+        let asq = self.alloc(u64::from(ADMIN_ENTRIES) * 64);
+        let acq = self.alloc(u64::from(ADMIN_ENTRIES) * 16);
+        self.set_reg32(0x24, (ADMIN_ENTRIES - 1) | ((ADMIN_ENTRIES - 1) << 16));
+        self.set_reg64(0x28, asq);
+        self.set_reg64(0x30, acq);
+        self.queues.clear();
+        self.queues.push(Some(Queue {
+            sq: asq,
+            cq: acq,
+            size: ADMIN_ENTRIES,
+            tail: 0,
+            head: 0,
+            phase: true,
+        }));
+        self.set_reg32(0x14, 1 | (6 << 4) | (6 << 16) | (4 << 20));
+        self.wait_ready(true)
+    }
+
+    /// Submit on `qid` without waiting; returns the CID.
+    pub fn submit(&mut self, qid: u16, sqe: Sqe) -> u16 {
+        self.cid = self.cid.wrapping_add(1);
+        let cid = self.cid;
+        let q = self.queues[usize::from(qid)]
+            .as_mut()
+            .expect("queue exists");
+        let slot = q.sq + u64::from(q.tail) * 64;
+        q.tail = (q.tail + 1) % q.size;
+        let tail = q.tail;
+        self.ram.write(slot, &sqe.bytes(cid));
+        self.ring(0x1000 + 8 * u64::from(qid), tail);
+        cid
+    }
+
+    /// Wait for the next completion on `qid` and ring the CQ head doorbell.
+    pub fn reap(&mut self, qid: u16) -> Cqe {
+        let t0 = Instant::now();
+        loop {
+            let q = self.queues[usize::from(qid)]
+                .as_mut()
+                .expect("queue exists");
+            let slot = q.cq + u64::from(q.head) * 16;
+            let b = self.ram.read(slot, 16);
+            let status = u16::from_le_bytes([b[14], b[15]]);
+            if (status & 1 != 0) == q.phase {
+                q.head += 1;
+                if q.head == q.size {
+                    q.head = 0;
+                    q.phase = !q.phase;
+                }
+                let head = q.head;
+                self.ring(0x1000 + 8 * u64::from(qid) + 4, head);
+                let w = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap());
+                return Cqe {
+                    dw0: w(0),
+                    dw1: w(4),
+                    sqhd: u16::from_le_bytes([b[8], b[9]]),
+                    sqid: u16::from_le_bytes([b[10], b[11]]),
+                    cid: u16::from_le_bytes([b[12], b[13]]),
+                    sc: ((status >> 1) & 0xff) as u8,
+                    sct: ((status >> 9) & 0x7) as u8,
+                    dnr: status & 0x8000 != 0,
+                };
+            }
+            assert!(
+                t0.elapsed() < self.timeout,
+                "no completion on queue {qid} (CSTS {:#x})",
+                super::bar_read32(&mut self.c, 0x1c)
+            );
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    }
+
+    /// Submit and wait.
+    pub fn cmd(&mut self, qid: u16, sqe: Sqe) -> Cqe {
+        let cid = self.submit(qid, sqe);
+        let c = self.reap(qid);
+        assert_eq!(c.cid, cid, "completion for another command");
+        c
+    }
+
+    /// Admin command with a data buffer of `len` bytes (≤ 8 KiB); returns (cqe, data).
+    pub fn admin_data(&mut self, sqe: Sqe, len: usize) -> (Cqe, Vec<u8>) {
+        let buf = self.alloc(len as u64);
+        let prp2 = if len > 4096 { buf + 4096 } else { 0 };
+        let c = self.cmd(0, sqe.prp(buf, prp2));
+        (c, self.ram.read(buf, len))
+    }
+
+    /// Build PRPs for a buffer at `addr` of `len` bytes (page aligned).
+    pub fn prps(&mut self, addr: u64, len: u64) -> (u64, u64) {
+        let pages = len.div_ceil(4096);
+        match pages {
+            0 | 1 => (addr, 0),
+            2 => (addr, addr + 4096),
+            _ => {
+                let list = self.alloc((pages - 1) * 8);
+                for i in 1..pages {
+                    self.ram
+                        .write(list + (i - 1) * 8, &(addr + i * 4096).to_le_bytes());
+                }
+                (addr, list)
+            }
+        }
+    }
+
+    /// Linux-like bring-up: enable, Identify controller, Identify ZNS namespace, Number of
+    /// Queues, then `io` I/O queue pairs (vector = qid). Returns Identify Controller data.
+    pub fn init(&mut self, io: u16) -> Vec<u8> {
+        let csts = self.enable();
+        assert_eq!(csts & 3, 1, "ready without CFS");
+        let (c, idc) = self.admin_data(Sqe::identify(1, 0, 0), 4096);
+        assert!(c.ok(), "identify controller: {c:?}");
+        let (c, idns) = self.admin_data(Sqe::identify(0, 1, 0), 4096);
+        assert!(c.ok(), "identify namespace: {c:?}");
+        let flbas = usize::from(idns[26] & 0xf);
+        let lbaf = u32::from_le_bytes(idns[128 + 4 * flbas..132 + 4 * flbas].try_into().unwrap());
+        self.lba = 1 << ((lbaf >> 16) & 0xff);
+        let n = u32::from(io) - 1;
+        let c = self.cmd(
+            0,
+            Sqe::new(opc::SET_FEATURES, 0)
+                .cdw(10, 7)
+                .cdw(11, n | (n << 16)),
+        );
+        assert!(c.ok(), "number of queues: {c:?}");
+        assert!(
+            c.dw0 & 0xffff >= n && c.dw0 >> 16 >= n,
+            "granted {:#x}",
+            c.dw0
+        );
+        for qid in 1..=io {
+            self.create_io_queue(qid, IO_ENTRIES);
+        }
+        idc
+    }
+
+    /// Create I/O CQ `qid` (vector `qid`) and SQ `qid`.
+    pub fn create_io_queue(&mut self, qid: u16, entries: u32) {
+        let cq = self.alloc(u64::from(entries) * 16);
+        let sq = self.alloc(u64::from(entries) * 64);
+        let c = self.cmd(
+            0,
+            Sqe::new(opc::CREATE_CQ, 0)
+                .prp(cq, 0)
+                .cdw(10, u32::from(qid) | ((entries - 1) << 16))
+                .cdw(11, 1 | 2 | (u32::from(qid) << 16)),
+        );
+        assert!(c.ok(), "create CQ {qid}: {c:?}");
+        let c = self.cmd(
+            0,
+            Sqe::new(opc::CREATE_SQ, 0)
+                .prp(sq, 0)
+                .cdw(10, u32::from(qid) | ((entries - 1) << 16))
+                .cdw(11, 1 | (u32::from(qid) << 16)),
+        );
+        assert!(c.ok(), "create SQ {qid}: {c:?}");
+        let i = usize::from(qid);
+        if self.queues.len() <= i {
+            self.queues.resize_with(i + 1, || None);
+        }
+        self.queues[i] = Some(Queue {
+            sq,
+            cq,
+            size: entries,
+            tail: 0,
+            head: 0,
+            phase: true,
+        });
+    }
+
+    /// Write `data` (multiple of the LBA size) at `slba` on queue `qid`.
+    pub fn write(&mut self, qid: u16, slba: u64, data: &[u8]) -> Cqe {
+        self.data_cmd(qid, opc::WRITE, slba, data)
+    }
+
+    /// Zone Append `data` to the zone starting at `zslba`.
+    pub fn append(&mut self, qid: u16, zslba: u64, data: &[u8]) -> Cqe {
+        self.data_cmd(qid, opc::ZONE_APPEND, zslba, data)
+    }
+
+    fn data_cmd(&mut self, qid: u16, op: u8, slba: u64, data: &[u8]) -> Cqe {
+        let buf = self.alloc(data.len() as u64);
+        self.ram.write(buf, data);
+        let nlb = u32::try_from(data.len() / self.lba as usize).unwrap();
+        let (p1, p2) = self.prps(buf, data.len() as u64);
+        self.cmd(qid, Sqe::rw(op, slba, nlb).prp(p1, p2))
+    }
+
+    /// Read `nlb` blocks at `slba`.
+    pub fn read(&mut self, qid: u16, slba: u64, nlb: u32) -> (Cqe, Vec<u8>) {
+        let len = u64::from(nlb) * u64::from(self.lba);
+        let buf = self.alloc(len);
+        self.ram.fill(buf, usize::try_from(len).unwrap(), 0xee);
+        let (p1, p2) = self.prps(buf, len);
+        let c = self.cmd(qid, Sqe::rw(opc::READ, slba, nlb).prp(p1, p2));
+        (c, self.ram.read(buf, usize::try_from(len).unwrap()))
+    }
+
+    /// Report zones from `slba`: (nr_zones reported, [(state, zslba, wp, zcap)]).
+    pub fn report(&mut self, qid: u16, slba: u64, max: usize) -> (u64, Vec<(u8, u64, u64, u64)>) {
+        let len = 64 + 64 * max;
+        let buf = self.alloc(len as u64);
+        let (p1, p2) = self.prps(buf, len as u64);
+        let c = self.cmd(
+            qid,
+            Sqe::zone_recv(slba, u32::try_from(len).unwrap(), 0, false).prp(p1, p2),
+        );
+        assert!(c.ok(), "report zones: {c:?}");
+        let b = self.ram.read(buf, len);
+        let q = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap());
+        let n = q(0);
+        let zones = (0..usize::try_from(n).unwrap().min(max))
+            .map(|i| {
+                let d = 64 + 64 * i;
+                (b[d + 1] >> 4, q(d + 16), q(d + 24), q(d + 8))
+            })
+            .collect();
+        (n, zones)
+    }
+}
