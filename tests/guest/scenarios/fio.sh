@@ -1,3 +1,4 @@
+# shellcheck shell=sh
 # fio.sh: fio in zoned block device mode (--zonemode=zbd, O_DIRECT) on the
 # namespace: sequential writes with crc32c verification across several
 # zones, random reads of the written data, random writes spread over more
@@ -6,6 +7,7 @@
 # Jobs are size-based and small so the scenario stays short under TCG.
 # Optional: ZNS_FIO_ENGINE (default libaio; io_uring works too).
 SCENARIO=fio
+# shellcheck source=lib.sh
 . /guest/lib.sh
 
 ENGINE=${ZNS_FIO_ENGINE:-libaio}
@@ -20,7 +22,7 @@ run_fio() {
     name=$1; shift
     echo "--- fio $name"
     if fio --name="$name" --filename="$DEV" --direct=1 --zonemode=zbd --ioengine="$ENGINE" \
-        $moz --group_reporting --eta=never --output=/tmp/fio.out "$@"; then
+        ${moz:+"$moz"} --group_reporting --eta=never --output=/tmp/fio.out "$@"; then
         ok "fio $name"
     else
         fail "fio $name exited with $?"

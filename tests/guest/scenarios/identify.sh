@@ -1,7 +1,9 @@
+# shellcheck shell=sh
 # identify.sh: the controller and the zoned namespace identify themselves
 # with the expected configuration (nvme-cli and the Linux block layer).
 # Optional: ZNS_EXPECT_MN (substring of the model number), ZNS_ZASL.
 SCENARIO=identify
+# shellcheck source=lib.sh
 . /guest/lib.sh
 
 # field KEY: value of "KEY : value" in stdin (nvme-cli normal output).
@@ -19,29 +21,29 @@ say "device $DEV: $NZONES zones of $ZSZE LBAs (capacity $ZCAP), LBA $LBA B, MOR 
 
 echo "--- nvme list"
 nvme list || fail "nvme list failed"
-nvme list | grep -q "^$DEV " && ok "nvme list shows $DEV" || fail "nvme list does not show $DEV"
+expect_true "nvme list shows $DEV" sh -c "nvme list | grep -q '^$DEV '"
 echo "--- nvme zns list"
 nvme zns list 2>&1 || true
-nvme zns list 2>/dev/null | grep -q "$DEV" && ok "nvme zns list shows $DEV" || fail "nvme zns list does not show $DEV"
+expect_true "nvme zns list shows $DEV" sh -c "nvme zns list 2>/dev/null | grep -q '$DEV'"
 
 echo "--- nvme id-ctrl"
 idc=$(nvme id-ctrl "$DEV") || die "nvme id-ctrl failed"
 echo "$idc" | grep -E '^(vid|ssvid|sn|mn|fr|mdts|cntlid|ver|ctratt|oacs|oncs|vwc|nn|sqes|cqes|subnqn) '
 vid=$(echo "$idc" | field vid)
-[ "$((vid))" -ne 0 ] && ok "vid $vid" || fail "vid is 0"
+expect_true "vid $vid is not 0" [ "$((vid))" -ne 0 ]
 sn=$(echo "$idc" | field sn)
-[ -n "$sn" ] && ok "sn '$sn'" || fail "empty serial number"
+expect_true "serial number '$sn' is not empty" [ -n "$sn" ]
 mn=$(echo "$idc" | field mn)
-[ -n "$mn" ] && ok "mn '$mn'" || fail "empty model number"
+expect_true "model number '$mn' is not empty" [ -n "$mn" ]
 if [ -n "${ZNS_EXPECT_MN:-}" ]; then
     case $mn in *"$ZNS_EXPECT_MN"*) ok "mn contains $ZNS_EXPECT_MN" ;; *) fail "mn '$mn' lacks '$ZNS_EXPECT_MN'" ;; esac
 fi
 ver=$(echo "$idc" | field ver)
-[ "$((ver))" -ge $((0x10400)) ] && ok "ver $ver >= 1.4" || fail "ver $ver < 1.4 (ZNS needs 1.4+)"
+expect_true "version $ver is 1.4 or later (ZNS needs it)" [ "$((ver))" -ge $((0x10400)) ]
 check "sqes" 0x66 "$(echo "$idc" | field sqes)"
 check "cqes" 0x44 "$(echo "$idc" | field cqes)"
 nn=$(echo "$idc" | field nn)
-[ "$((nn))" -ge 1 ] && ok "nn $nn" || fail "nn $nn"
+expect_true "nn $nn is at least 1" [ "$((nn))" -ge 1 ]
 mdts=$(echo "$idc" | field mdts)
 say "mdts $mdts"
 
@@ -58,7 +60,7 @@ echo "$idn" | grep -E '^(nsze|ncap|nuse|nsfeat|nlbaf|flbas|dlfeat|lbaf .*in use)
 check "nsze (LBAs)" "$NSZE" "$(($(echo "$idn" | field nsze)))"
 check "ncap (LBAs)" "$NSZE" "$(($(echo "$idn" | field ncap)))"
 lbads=$(echo "$idn" | sed -n 's/^lbaf.*lbads:\([0-9]*\).*(in use).*/\1/p')
-[ -n "$lbads" ] && check "LBA size of the format in use" "$LBA" "$((1 << lbads))" || fail "no LBA format in use"
+check "LBA size of the format in use" "$LBA" "$((1 << ${lbads:-0}))"
 
 echo "--- nvme zns id-ns"
 zidn=$(nvme zns id-ns "$DEV") || die "nvme zns id-ns failed"
@@ -68,7 +70,7 @@ check "mor (0's based)" "$(limit0 "$MOR")" "$(($(echo "$zidn" | field mor)))"
 inuse=$(echo "$zidn" | grep '^lbafe.*(in use)')
 zsze=$(echo "$inuse" | sed -n 's/.*zsze:\(0x[0-9a-fA-F]*\).*/\1/p')
 zdes=$(echo "$inuse" | sed -n 's/.*zdes:\([0-9]*\).*/\1/p')
-[ -n "$zsze" ] && check "zone size (LBAs)" "$ZSZE" "$((zsze))" || fail "no LBA format extension in use"
+check "zone size (LBAs) of the LBA format extension in use" "$ZSZE" "$((${zsze:-0}))"
 check "zdes (64 B units)" "$((ZNS_ZDES / 64))" "${zdes:-none}"
 ozcs=$(echo "$zidn" | field ozcs)
 say "zoc $(echo "$zidn" | field zoc), ozcs $ozcs"
@@ -84,12 +86,14 @@ check "queue/nr_zones" "$NZONES" "$(cat "$q/nr_zones")"
 check "queue/max_open_zones" "$MOR" "$(cat "$q/max_open_zones")"
 check "queue/max_active_zones" "$MAR" "$(cat "$q/max_active_zones")"
 check "queue/logical_block_size" "$LBA" "$(cat "$q/logical_block_size")"
-[ "$(cat "$q/zone_append_max_bytes")" -gt 0 ] && ok "zone append supported" || fail "zone_append_max_bytes is 0"
+expect_true "zone append supported (zone_append_max_bytes > 0)" [ "$(cat "$q/zone_append_max_bytes")" -gt 0 ]
 check "size (512 B sectors)" "$((NSZE * LBA / 512))" "$(cat "/sys/block/$BDEV/size")"
 
 echo "--- first and last zone"
+# shellcheck disable=SC2046 # split the report line into fields
 set -- $(zone_line 0)
 check "zone 0 capacity (LBAs)" "$ZCAP" "${3:-}"
+# shellcheck disable=SC2046
 set -- $(zone_line $((NZONES - 1)))
 check "last zone start" "$(slba $((NZONES - 1)))" "${1:-}"
 check "last zone capacity (LBAs)" "$ZCAP" "${3:-}"

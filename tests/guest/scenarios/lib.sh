@@ -1,3 +1,7 @@
+# shellcheck shell=sh
+# The geometry variables are used by the scenarios that source this file.
+# shellcheck disable=SC2034
+
 # Shared helpers for the guest scenarios (busybox sh, sourced as
 # /guest/lib.sh; pass it with `run-guest --file scenarios/lib.sh`).
 #
@@ -100,6 +104,7 @@ zone_state() { zone_line "$1" | awk '{ print $4 }'; }
 expect_zone() {
     k=$1 want=$2 woff=${3:-} wattr=${4:-}
     line=$(zone_line "$k")
+    # shellcheck disable=SC2086 # split the report line into fields
     set -- $line
     if [ "$#" -lt 5 ]; then fail "zone $k: no report ($line)"; return; fi
     z_slba=$1 z_wp=$2 z_cap=$3 z_st=$4 z_at=$5
@@ -117,6 +122,12 @@ expect_zone() {
     else
         ok "zone $k $want${woff:+ wp=+$woff}${wattr:+ attrs=$wattr}"
     fi
+}
+
+# expect_true DESCRIPTION command...: ok when the command succeeds.
+expect_true() {
+    d=$1; shift
+    if "$@"; then ok "$d"; else fail "$d"; fi
 }
 
 # nvme_ok DESCRIPTION nvme-cli args...: the command must succeed.

@@ -1,3 +1,4 @@
+# shellcheck shell=sh
 # report.sh: zone reports in the guest (nvme zns report-zones and the block
 # layer's blkzone report) match the zone list the host expects.
 #
@@ -11,6 +12,7 @@
 # Then (unless ZNS_REPORT_MIXED=0) it builds a mix of zone states itself,
 # checks the reports again, and resets everything.
 SCENARIO=report
+# shellcheck source=lib.sh
 . /guest/lib.sh
 
 zcond() { # nvme-cli state name -> Linux zone condition (blkzone zcond)
@@ -45,6 +47,7 @@ compare() {
     while read -r idx e_slba e_cap e_wp e_st e_at; do
         case $idx in ''|\#*) continue ;; esac
         line=$(sed -n "$((idx + 1))p" /tmp/nvme.rep)
+        # shellcheck disable=SC2086 # split into fields
         set -- $line
         what="zone $idx (nvme-cli: $line)"
         [ "${1:-}" = "$e_slba" ] || { fail "$label: $what: start, expected $e_slba"; bad=$((bad + 1)); }
@@ -57,6 +60,7 @@ compare() {
             fail "$label: $what: attrs, expected $e_at"; bad=$((bad + 1))
         fi
         bline=$(sed -n "$((idx + 1))p" /tmp/blk.tab)
+        # shellcheck disable=SC2086
         set -- $bline
         s512=$((LBA / 512))
         what="zone $idx (blkzone: $(sed -n "$((idx + 1))p" /tmp/blk.rep | sed 's/^ *//'))"

@@ -1,24 +1,29 @@
+# shellcheck shell=sh
 # rules.sh: I/O that breaks the zoned rules fails in the guest with the
 # status the NVMe ZNS specification names (nvme-cli prints it), and the
 # zone is left as it was. Ends with every zone reset.
 SCENARIO=rules
+# shellcheck source=lib.sh
 . /guest/lib.sh
 
 [ "$NZONES" -ge 10 ] || die "needs at least 10 zones"
 
 mkblock /tmp/b1 1 rules
 mkblock /tmp/b2 2 rules
-W1() { echo write "$DEV" -s "$1" -c 0 -z "$LBA" -d /tmp/b1; }
-W2() { echo write "$DEV" -s "$1" -c 1 -z $((2 * LBA)) -d /tmp/b2; }
+# expect_write DESCRIPTION STATUS NAME SLBA [NLBAS]: nvme write must fail so.
+expect_write() {
+    n=${5:-1}
+    expect_status "$1" "$2" "$3" write "$DEV" -s "$4" -c $((n - 1)) -z $((n * LBA)) -d "/tmp/b$n"
+}
 
 reset_all
 
 echo "--- writes not at the write pointer"
-expect_status "write at zone start + 1 of an Empty zone" 0x1bc "Zone Invalid Write" $(W1 $(($(slba 0) + 1)))
+expect_write "write at zone start + 1 of an Empty zone" 0x1bc "Zone Invalid Write" $(($(slba 0) + 1))
 expect_zone 0 EMPTY 0
-write_lbas "$(slba 0)" 2 /tmp/b2 && ok "write at the write pointer" || fail "write at the write pointer of zone 0"
-expect_status "write behind the write pointer" 0x1bc "Zone Invalid Write" $(W1 "$(slba 0)")
-expect_status "write past the write pointer" 0x1bc "Zone Invalid Write" $(W1 $(($(slba 0) + 5)))
+expect_true "write at the write pointer of zone 0" write_lbas "$(slba 0)" 2 /tmp/b2
+expect_write "write behind the write pointer" 0x1bc "Zone Invalid Write" "$(slba 0)"
+expect_write "write past the write pointer" 0x1bc "Zone Invalid Write" $(($(slba 0) + 5))
 expect_zone 0 IMP_OPENED 2
 
 echo "--- zone append rules"
@@ -28,7 +33,7 @@ expect_zone 0 IMP_OPENED 2
 
 echo "--- Full zones"
 nvme zns finish-zone "$DEV" -s "$(slba 1)" >/dev/null || fail "finish zone 1"
-expect_status "write to a Full zone" 0x1b9 "Zone Is Full" $(W1 "$(slba 1)")
+expect_write "write to a Full zone" 0x1b9 "Zone Is Full" "$(slba 1)"
 expect_status "zone append to a Full zone" 0x1b9 "Zone Is Full" zns zone-append "$DEV" -s "$(slba 1)" -z "$LBA" -d /tmp/b1
 expect_zone 1 FULL
 
@@ -46,14 +51,14 @@ if [ "$rest" -gt 0 ]; then
         fail "dd fill tail of zone 2"
 fi
 expect_zone 2 IMP_OPENED $((ZCAP - 1))
-expect_status "write crossing the zone capacity" 0x1b8 "Zone Boundary Error" $(W2 $((s + ZCAP - 1)))
+expect_write "write crossing the zone capacity" 0x1b8 "Zone Boundary Error" $((s + ZCAP - 1)) 2
 expect_status "zone append crossing the zone capacity" 0x1b8 "Zone Boundary Error" \
     zns zone-append "$DEV" -s "$s" -z $((2 * LBA)) -d /tmp/b2
 expect_zone 2 IMP_OPENED $((ZCAP - 1))
-write_lbas $((s + ZCAP - 1)) 1 /tmp/b1 && ok "write of the last LBA below the capacity" || fail "write of the last LBA"
+expect_true "write of the last LBA below the capacity" write_lbas $((s + ZCAP - 1)) 1 /tmp/b1
 expect_zone 2 FULL
 if [ "$ZCAP" -lt "$ZSZE" ]; then
-    expect_status "write between capacity and zone size" 0x1b9 "Zone Is Full" $(W1 $((s + ZCAP)))
+    expect_write "write between capacity and zone size" 0x1b9 "Zone Is Full" $((s + ZCAP))
 fi
 
 echo "--- reads"
@@ -65,7 +70,7 @@ else
     nvme_ok "read across a zone boundary (RAZB on)" read "$DEV" -s $(($(slba 4) - 1)) -c 1 -z $((2 * LBA)) -d /tmp/rd
 fi
 nvme_ok "read above the write pointer" read "$DEV" -s $(($(slba 0) + 10)) -c 0 -z "$LBA" -d /tmp/rd
-expect_status "write beyond the namespace" 0x080 "LBA Out of Range" $(W1 "$NSZE")
+expect_write "write beyond the namespace" 0x080 "LBA Out of Range" "$NSZE"
 expect_status "read beyond the namespace" 0x080 "LBA Out of Range" read "$DEV" -s "$NSZE" -c 0 -z "$LBA" -d /tmp/rd
 
 echo "--- open zone limit (max open $MOR)"
@@ -78,13 +83,13 @@ if [ "$MOR" -gt 0 ] && [ "$MOR" -lt $((NZONES - 1)) ]; then
     done
     check "explicitly opened zones" "$MOR" "$(report_zones | awk '$4 == "EXP_OPENED"' | wc -l)"
     expect_status "explicit open beyond the limit" 0x1be "Too Many Open Zones" zns open-zone "$DEV" -s "$(slba "$MOR")"
-    expect_status "write opening one zone too many" 0x1be "Too Many Open Zones" $(W1 "$(slba "$MOR")")
+    expect_write "write opening one zone too many" 0x1be "Too Many Open Zones" "$(slba "$MOR")"
     expect_status "zone append opening one zone too many" 0x1be "Too Many Open Zones" \
         zns zone-append "$DEV" -s "$(slba "$MOR")" -z "$LBA" -d /tmp/b1
     expect_zone "$MOR" EMPTY 0
     # Closing one frees an open resource.
     nvme zns close-zone "$DEV" -s "$(slba 0)" >/dev/null || fail "close zone 0"
-    write_lbas "$(slba "$MOR")" 1 /tmp/b1 && ok "write after a close frees a resource" || fail "write to zone $MOR after a close"
+    expect_true "write to zone $MOR after a close freed an open resource" write_lbas "$(slba "$MOR")" 1 /tmp/b1
     expect_zone "$MOR" IMP_OPENED 1
 else
     say "skipped: open limit $MOR"
@@ -104,7 +109,7 @@ if [ "$MAR" -gt 0 ] && [ "$MAR" -lt $((NZONES - 1)) ]; then
     check "Closed zones" "$MAR" "$(report_zones | awk '$4 == "CLOSED"' | wc -l)"
     expect_status "explicit open of an Empty zone beyond the active limit" 0x1bd "Too Many Active Zones" \
         zns open-zone "$DEV" -s "$(slba "$MAR")"
-    expect_status "write to an Empty zone beyond the active limit" 0x1bd "Too Many Active Zones" $(W1 "$(slba "$MAR")")
+    expect_write "write to an Empty zone beyond the active limit" 0x1bd "Too Many Active Zones" "$(slba "$MAR")"
     expect_status "zone append to an Empty zone beyond the active limit" 0x1bd "Too Many Active Zones" \
         zns zone-append "$DEV" -s "$(slba "$MAR")" -z "$LBA" -d /tmp/b1
     if [ "$ZNS_ZDES" -gt 0 ]; then
@@ -114,10 +119,10 @@ if [ "$MAR" -gt 0 ] && [ "$MAR" -lt $((NZONES - 1)) ]; then
     fi
     expect_zone "$MAR" EMPTY 0
     # Closed zones can still be written (they are active already).
-    write_lbas $(($(slba 0) + 1)) 1 /tmp/b1 && ok "write to a Closed zone at the active limit" || fail "write to Closed zone 0"
+    expect_true "write to a Closed zone at the active limit" write_lbas $(($(slba 0) + 1)) 1 /tmp/b1
     # Finishing one releases an active resource.
     nvme zns finish-zone "$DEV" -s "$(slba 1)" >/dev/null || fail "finish zone 1"
-    write_lbas "$(slba "$MAR")" 1 /tmp/b1 && ok "write after a finish frees a resource" || fail "write to zone $MAR after a finish"
+    expect_true "write to zone $MAR after a finish freed an active resource" write_lbas "$(slba "$MAR")" 1 /tmp/b1
     expect_zone "$MAR" IMP_OPENED 1
 else
     say "skipped: active limit $MAR"

@@ -1,3 +1,4 @@
+# shellcheck shell=sh
 # zone-mgmt.sh: Zone Management Send/Receive and Zone Append through
 # nvme-cli (and blkzone), checking each zone's state and write pointer in a
 # report after every step, including the Select All forms.
@@ -7,6 +8,7 @@
 #   zone 3 Closed with a valid descriptor extension (if ZDES > 0),
 #   every other zone Empty.
 SCENARIO=zone-mgmt
+# shellcheck source=lib.sh
 . /guest/lib.sh
 
 [ "$NZONES" -ge 10 ] || die "needs at least 10 zones"
