@@ -3,12 +3,22 @@
 //! behind durable data.
 #![deny(missing_docs)]
 
+pub mod check;
+mod create;
+mod dataio;
+pub mod header;
 pub mod image;
+mod meta;
+pub mod qcow2;
+pub mod storage;
 pub mod zone;
 
+pub use check::{check_image, CheckReport};
 pub use image::{
     CacheMode, CreateOptions, Error, ImageInfo, ImgResult, OpenOptions, ZoneOptions, ZonedImage,
 };
+pub use qcow2::Qcow2;
+pub use storage::{FileStorage, MemStorage, Storage};
 pub use zone::{
     Effects, WriteTicket, ZoneAction, ZoneAttrs, ZoneError, ZoneGeometry, ZoneInfo, ZoneSet,
     ZoneState, ZoneType,
