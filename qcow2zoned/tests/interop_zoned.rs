@@ -29,7 +29,7 @@ fn workload(img: &ZonedImage, model: &mut [u8], seed: u64) {
     let g = img.info().geometry;
     let zs = g.zone_size;
     let mut rng = Rng(seed);
-    let mut put = |model: &mut [u8], off: u64, data: &[u8]| {
+    let put = |model: &mut [u8], off: u64, data: &[u8]| {
         model[off as usize..off as usize + data.len()].copy_from_slice(data);
     };
     // Conventional zone 0: random writes and zeroes.
