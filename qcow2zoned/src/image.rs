@@ -349,6 +349,8 @@ struct Inner {
     zded: Vec<u8>,
     /// Reserved writes and reads between planning and completion.
     inflight: u64,
+    /// Threads blocked on the condition variable (skip the wake-up syscall when none).
+    waiters: u32,
     /// A management operation holds the device quiet.
     mgmt: bool,
 }
@@ -484,6 +486,7 @@ impl ZonedImage {
                 dirty_words: BTreeSet::new(),
                 zded,
                 inflight: 0,
+                waiters: 0,
                 mgmt: false,
             }),
             cond: Condvar::new(),
@@ -501,8 +504,20 @@ impl ZonedImage {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn wait<'a>(&self, g: MutexGuard<'a, Inner>) -> MutexGuard<'a, Inner> {
-        self.cond.wait(g).unwrap_or_else(|e| e.into_inner())
+    fn wait<'a>(&self, mut g: MutexGuard<'a, Inner>) -> MutexGuard<'a, Inner> {
+        g.waiters += 1;
+        let mut g = self.cond.wait(g).unwrap_or_else(|e| e.into_inner());
+        g.waiters -= 1;
+        g
+    }
+
+    /// Unlock, waking waiters if there are any.
+    fn unlock(&self, g: MutexGuard<'_, Inner>) {
+        let wake = g.waiters > 0;
+        drop(g);
+        if wake {
+            self.cond.notify_all();
+        }
     }
 
     /// Lock, waiting out any management operation.
@@ -607,8 +622,9 @@ impl ZonedImage {
         g.inflight += 1;
         drop(g);
         let r = read_segments(&*self.st, &segs, bufs);
-        self.lock().inflight -= 1;
-        self.cond.notify_all();
+        let mut g = self.lock();
+        g.inflight -= 1;
+        self.unlock(g);
         r.map_err(io_err(format!(
             "reading {len} bytes at guest offset 0x{offset:x}"
         )))
@@ -635,8 +651,7 @@ impl ZonedImage {
                 Err(e) => {
                     let _ = g.zones.complete_write(ticket, false);
                     g.inflight -= 1;
-                    drop(g);
-                    self.cond.notify_all();
+                    self.unlock(g);
                     return Err(e);
                 }
             }
@@ -653,8 +668,7 @@ impl ZonedImage {
             g.dirty_words.insert(ticket.zone);
         }
         g.inflight -= 1;
-        drop(g);
-        self.cond.notify_all();
+        self.unlock(g);
         res.map_err(io_err(format!(
             "writing {} bytes at guest offset 0x{:x}",
             ticket.len, ticket.offset
@@ -684,6 +698,7 @@ impl ZonedImage {
         self.check_range(offset, len)?;
         let mut g = self.lock_io();
         let ticket = g.zones.begin_write(offset, len)?;
+        g.inflight += 1;
         if let Some(e) = ticket.evicted {
             g.dirty_words.insert(e);
         }
@@ -703,8 +718,8 @@ impl ZonedImage {
         if g.zones.complete_write(&ticket, r.is_ok()) {
             g.dirty_words.insert(ticket.zone);
         }
-        drop(g);
-        self.cond.notify_all();
+        g.inflight -= 1;
+        self.unlock(g);
         r?;
         if self.durable_writes(fua) {
             self.flush()?;
@@ -805,8 +820,9 @@ impl ZonedImage {
             g = self.wait(g);
         }
         let r = f(g);
-        self.lock().mgmt = false;
-        self.cond.notify_all();
+        let mut g = self.lock();
+        g.mgmt = false;
+        self.unlock(g);
         r
     }
 

@@ -790,20 +790,33 @@ impl Meta {
                         _ => None,
                     };
                     self.ensure_l2(st, gc)?;
-                    let h = match pre {
-                        Some(h) => h,
+                    // A cluster past everything ever handed out is a hole of the file and
+                    // reads as zeros already: no padding needed (the common case for
+                    // sequential zones). Any other cluster may hold stale bytes.
+                    let (h, virgin) = match pre {
+                        Some(h) => (h, false),
                         None => {
+                            let virgin_from = self.end_cluster;
                             let h = self.alloc_cluster(st)?;
                             plan.fresh.push(h);
-                            h
+                            (h, h / cs >= virgin_from)
                         }
                     };
                     plan.commits.push((gc, h | COPIED));
-                    WriteExtent {
-                        host: h,
-                        pad_before: s,
-                        len: e - s,
-                        pad_after: cs - e,
+                    if virgin {
+                        WriteExtent {
+                            host: h + s,
+                            pad_before: 0,
+                            len: e - s,
+                            pad_after: 0,
+                        }
+                    } else {
+                        WriteExtent {
+                            host: h,
+                            pad_before: s,
+                            len: e - s,
+                            pad_after: cs - e,
+                        }
                     }
                 }
             };

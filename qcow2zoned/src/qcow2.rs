@@ -153,6 +153,7 @@ impl Qcow2 {
         drop(g);
         let res = write_extents(&*self.st, &self.zeros, &plan.extents, bufs);
         let fin = self.lock().finish_write(&*self.st, plan, res.is_ok());
+        // Cheap enough here: the plain image is for tools and tests.
         self.cond.notify_all();
         res.map_err(io_err(format!("writing {len} bytes at 0x{offset:x}")))?;
         fin?;
