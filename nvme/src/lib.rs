@@ -1,11 +1,38 @@
 //! Transport-independent NVMe controller model with one Zoned Namespace backed by a
 //! `qcow2zoned` image.
 //!
-//! API CONTRACT (fixed; the server codes against it). Bodies are to be written; internal
-//! modules (regs, wire, cmd, queue, prp, admin, io, zns, identify, log, status) are private
-//! choices of this crate.
+//! API CONTRACT (fixed; the server codes against it). Internal modules, one per concern:
+//! `regs` (BAR0), `wire` (on-the-wire structs), `cmd` (SQE decoding), `queue` (ring math),
+//! `prp` (PRP/SGL walking), `admin`, `io`, `zns`, `identify`, `log`, `status`, `ctrl`
+//! (queue tables, locking, fetch/complete loop; its header documents the lock order).
+//!
+//! Decisions worth knowing when driving the controller:
+//! - SGLs are supported for I/O commands (Data Block, Segment, Last Segment; SGLS = 1);
+//!   admin commands take PRPs only.
+//! - Interrupt vectors 0..=max_io_queues are accepted at CQ creation; the admin CQ uses 0.
+//! - Commands execute synchronously on the poller that fetched them; an Abort therefore
+//!   never finds its target and completes with DW0 bit 0 set ("not aborted").
+//! - Interrupts are raised once per processed batch per CQ (a natural coalescing); the
+//!   Interrupt Coalescing feature value is stored and reported but not otherwise applied.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+
+mod admin;
+mod cmd;
+mod ctrl;
+mod identify;
+mod io;
+mod log;
+mod prp;
+mod queue;
+mod regs;
+pub mod status;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod test_utils;
+mod wire;
+mod zns;
+
+pub use status::Status;
 
 use qcow2zoned::ZonedImage;
 use std::io::IoSliceMut;
@@ -107,56 +134,57 @@ pub struct RegEffect {
 /// The controller: BAR0 registers, admin and I/O queues, the zoned namespace.
 /// Shared as `Arc<Controller>` between the transport thread (registers) and queue pollers.
 pub struct Controller {
-    _private: (),
+    inner: ctrl::Ctrl,
 }
 
 impl Controller {
     /// Build a controller over `ns`; refuses geometries Linux cannot use as ZNS.
     pub fn new(ns: Arc<ZonedImage>, cfg: ControllerConfig) -> Result<Controller, GeometryError> {
-        let _ = (ns, cfg);
-        todo!()
+        Ok(Controller {
+            inner: ctrl::Ctrl::new(ns, cfg)?,
+        })
     }
     /// The namespace image.
     pub fn namespace(&self) -> &Arc<ZonedImage> {
-        todo!()
+        &self.inner.ns
     }
     /// Read a BAR0 register (offset < 0x1000, size 4 or 8; other sizes/offsets read as 0).
     pub fn mmio_read(&self, offset: u64, data: &mut [u8]) {
-        let _ = (offset, data);
-        todo!()
+        self.inner.mmio_read(offset, data)
     }
     /// Write a BAR0 register (offset < 0x1000). CC.EN 1->0 resets: drops every I/O queue and
     /// pending command (waits for commands being executed by pollers). `env.doorbells.clear()`
     /// is called on enable and reset.
     pub fn mmio_write(&self, env: &HostEnv<'_>, offset: u64, data: &[u8]) -> RegEffect {
-        let _ = (env, offset, data);
-        todo!()
+        self.inner.mmio_write(env, offset, data)
     }
     /// Process the admin queue: fetch new SQEs up to the tail doorbell, execute, post CQEs,
     /// raise interrupts. Returns the number of commands completed.
     pub fn process_admin(&self, env: &HostEnv<'_>) -> usize {
-        let _ = env;
-        todo!()
+        self.inner.process_admin(env)
     }
     /// Process the I/O queue pairs `qid` with `qid % pollers == poller` (qid >= 1). Also
     /// re-reads CQ heads so posting resumes when the guest frees CQ slots. Returns the number
     /// of commands completed (0 = idle, the poller may back off).
     pub fn process_io(&self, env: &HostEnv<'_>, poller: usize, pollers: usize) -> usize {
-        let _ = (env, poller, pollers);
-        todo!()
+        self.inner.process_io(env, poller, pollers)
     }
     /// Whether the controller is enabled and ready (CSTS.RDY).
     pub fn ready(&self) -> bool {
-        todo!()
+        self.inner.ready.load(std::sync::atomic::Ordering::Acquire)
     }
     /// Interrupt vectors in use by CQs (for the transport's MSI-X bookkeeping).
     pub fn max_vectors(&self) -> u16 {
-        todo!()
+        self.inner.max_vectors()
+    }
+    /// Interrupt vectors a CQ may use: 0 (admin) ..= `max_io_queues`. Size the MSI-X table
+    /// at least this large.
+    pub fn vectors_offered(&self) -> u16 {
+        self.inner.vectors_offered()
     }
     /// Controller-level reset from the transport (device reset / client gone): like CC.EN 1->0
     /// then registers back to power-on values. Flushes the namespace.
     pub fn reset(&self, env: &HostEnv<'_>) {
-        let _ = env;
-        todo!()
+        self.inner.reset(env)
     }
 }

@@ -1,0 +1,316 @@
+//! Submission and completion queue state: ring arithmetic, doorbell validation, the CQ phase
+//! tag and CQ-slot reservation (a slot is reserved before an SQE is fetched so a completion
+//! never overwrites an entry the host has not consumed).
+
+use crate::status::Status;
+use crate::wire::{Cqe, Sqe};
+use crate::{DmaError, GuestMemory};
+use zerocopy::{FromBytes, IntoBytes};
+
+/// SQE size (IOSQES = 6).
+pub const SQE_SIZE: u64 = 64;
+/// CQE size (IOCQES = 4).
+pub const CQE_SIZE: u64 = 16;
+
+/// Number of occupied slots between `head` and `tail` in a ring of `size`.
+pub fn ring_used(head: u32, tail: u32, size: u32) -> u32 {
+    debug_assert!(head < size && tail < size);
+    (tail + size - head) % size
+}
+
+/// A submission queue (admin or I/O).
+#[derive(Debug)]
+pub struct SubQueue {
+    /// Queue identifier.
+    pub qid: u16,
+    /// Guest physical base address (contiguous).
+    pub base: u64,
+    /// Number of entries.
+    pub size: u32,
+    /// Next entry the controller will fetch.
+    pub head: u32,
+    /// Completion queue this SQ posts to.
+    pub cqid: u16,
+    /// Last invalid tail doorbell reported (to log each bad value once).
+    bad_tail: Option<u32>,
+}
+
+impl SubQueue {
+    /// A fresh SQ.
+    pub fn new(qid: u16, base: u64, size: u32, cqid: u16) -> SubQueue {
+        SubQueue {
+            qid,
+            base,
+            size,
+            head: 0,
+            cqid,
+            bad_tail: None,
+        }
+    }
+
+    /// Number of SQEs pending given the tail doorbell, or None if the doorbell value is invalid
+    /// (beyond the queue size): such a write is ignored.
+    pub fn pending(&mut self, tail: u32) -> Option<u32> {
+        if tail >= self.size {
+            if self.bad_tail != Some(tail) {
+                tracing::debug!(
+                    qid = self.qid,
+                    tail,
+                    size = self.size,
+                    reason = "sq tail doorbell beyond queue size",
+                    "ignoring doorbell"
+                );
+                self.bad_tail = Some(tail);
+            }
+            return None;
+        }
+        self.bad_tail = None;
+        Some(ring_used(self.head, tail, self.size))
+    }
+
+    /// Read the SQE at the head (once) and advance the head.
+    pub fn fetch(&mut self, mem: &dyn GuestMemory) -> Result<Sqe, DmaError> {
+        let mut buf = [0u8; SQE_SIZE as usize];
+        mem.read(self.base + u64::from(self.head) * SQE_SIZE, &mut buf)?;
+        self.head = (self.head + 1) % self.size;
+        Ok(Sqe::read_from_bytes(&buf).unwrap_or_default())
+    }
+}
+
+/// A completion queue (admin or I/O).
+#[derive(Debug)]
+pub struct CompQueue {
+    /// Queue identifier.
+    pub qid: u16,
+    /// Guest physical base address (contiguous).
+    pub base: u64,
+    /// Number of entries.
+    pub size: u32,
+    /// Next slot the controller writes.
+    pub tail: u32,
+    /// Last valid head doorbell value.
+    pub head: u32,
+    /// Current phase tag (starts at 1).
+    pub phase: bool,
+    /// Interrupts enabled.
+    pub ien: bool,
+    /// Interrupt vector.
+    pub iv: u16,
+    /// Slots reserved by commands in flight.
+    pub reserved: u32,
+    /// Number of SQs bound to this CQ.
+    pub sq_count: u32,
+    /// Last invalid head doorbell reported.
+    bad_head: Option<u32>,
+}
+
+impl CompQueue {
+    /// A fresh CQ (phase 1, empty).
+    pub fn new(qid: u16, base: u64, size: u32, ien: bool, iv: u16) -> CompQueue {
+        CompQueue {
+            qid,
+            base,
+            size,
+            tail: 0,
+            head: 0,
+            phase: true,
+            ien,
+            iv,
+            reserved: 0,
+            sq_count: 0,
+            bad_head: None,
+        }
+    }
+
+    /// Take a new head doorbell value. Values beyond the queue size, or that would release
+    /// entries the controller never posted, are ignored.
+    pub fn update_head(&mut self, head: u32) {
+        if head == self.head {
+            return;
+        }
+        let used = ring_used(self.head, self.tail, self.size);
+        let valid = head < self.size && ring_used(self.head, head, self.size) <= used;
+        if !valid {
+            if self.bad_head != Some(head) {
+                tracing::debug!(
+                    qid = self.qid,
+                    head,
+                    tail = self.tail,
+                    size = self.size,
+                    reason = "cq head doorbell invalid",
+                    "ignoring doorbell"
+                );
+                self.bad_head = Some(head);
+            }
+            return;
+        }
+        self.bad_head = None;
+        self.head = head;
+    }
+
+    /// Free slots not yet reserved (one slot always stays empty: full is tail + 1 == head).
+    pub fn free(&self) -> u32 {
+        let used = ring_used(self.head, self.tail, self.size);
+        (self.size - 1 - used).saturating_sub(self.reserved)
+    }
+
+    /// Reserve a slot for a command about to be fetched.
+    pub fn reserve(&mut self) -> bool {
+        if self.free() == 0 {
+            return false;
+        }
+        self.reserved += 1;
+        true
+    }
+
+    /// Give back a reservation without posting (command deferred or dropped).
+    pub fn unreserve(&mut self) {
+        debug_assert!(self.reserved > 0);
+        self.reserved = self.reserved.saturating_sub(1);
+    }
+
+    /// Post a completion into a reserved slot: writes the CQE with the current phase, then
+    /// advances the tail (flipping the phase on wrap).
+    pub fn post(
+        &mut self,
+        mem: &dyn GuestMemory,
+        mut cqe: Cqe,
+        status: Status,
+    ) -> Result<(), DmaError> {
+        debug_assert!(self.reserved > 0, "post without reservation");
+        self.reserved = self.reserved.saturating_sub(1);
+        cqe.status = ((status.field() << 1) | u16::from(self.phase)).into();
+        mem.write(self.base + u64::from(self.tail) * CQE_SIZE, cqe.as_bytes())?;
+        self.tail += 1;
+        if self.tail == self.size {
+            self.tail = 0;
+            self.phase = !self.phase;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_utils::FakeMemory;
+
+    #[test]
+    fn ring_used_wraps() {
+        assert_eq!(ring_used(0, 0, 4), 0);
+        assert_eq!(ring_used(0, 3, 4), 3);
+        assert_eq!(ring_used(3, 1, 4), 2);
+        assert_eq!(ring_used(2, 1, 4), 3);
+    }
+
+    #[test]
+    fn sq_pending_and_bad_tail() {
+        let mut sq = SubQueue::new(1, 0x1000, 4, 1);
+        assert_eq!(sq.pending(0), Some(0));
+        assert_eq!(sq.pending(3), Some(3));
+        assert_eq!(sq.pending(4), None);
+        assert_eq!(sq.pending(u32::MAX), None);
+        sq.head = 3;
+        assert_eq!(sq.pending(1), Some(2));
+    }
+
+    #[test]
+    fn sq_fetch_wraps_head() {
+        let mem = FakeMemory::new(1 << 16);
+        let mut sq = SubQueue::new(1, 0x1000, 2, 1);
+        let mut raw = [0u8; 64];
+        raw[0] = 0x02;
+        raw[2..4].copy_from_slice(&7u16.to_le_bytes());
+        mem.write(0x1040, &raw).unwrap();
+        sq.head = 1;
+        let sqe = sq.fetch(&mem).unwrap();
+        assert_eq!((sqe.opc(), sqe.cid()), (0x02, 7));
+        assert_eq!(sq.head, 0);
+        let mut bad = SubQueue::new(1, 0xFFFF_0000_0000, 2, 1);
+        assert!(bad.fetch(&mem).is_err());
+        assert_eq!(bad.head, 0, "failed fetch does not consume");
+    }
+
+    #[test]
+    fn cq_full_reservation_and_phase() {
+        let mem = FakeMemory::new(1 << 16);
+        let mut cq = CompQueue::new(1, 0x2000, 3, true, 1);
+        assert_eq!(cq.free(), 2);
+        assert!(cq.reserve());
+        assert!(cq.reserve());
+        assert!(!cq.reserve(), "third slot must stay empty");
+        cq.post(
+            &mem,
+            Cqe {
+                cid: 1.into(),
+                ..Default::default()
+            },
+            Status::SUCCESS,
+        )
+        .unwrap();
+        cq.post(
+            &mem,
+            Cqe {
+                cid: 2.into(),
+                ..Default::default()
+            },
+            Status::ZONE_FULL,
+        )
+        .unwrap();
+        assert_eq!(cq.tail, 2);
+        assert!(!cq.reserve(), "queue full until the host consumes");
+        let mut b = [0u8; 16];
+        mem.read(0x2010, &mut b).unwrap();
+        let c = Cqe::read_from_bytes(&b).unwrap();
+        assert!(c.phase());
+        assert_eq!(c.status_field(), 0x41B9);
+        cq.update_head(2);
+        assert_eq!(cq.free(), 2);
+        assert!(cq.reserve());
+        cq.post(&mem, Cqe::default(), Status::SUCCESS).unwrap();
+        assert_eq!(cq.tail, 0);
+        assert!(!cq.phase, "phase flips on wrap");
+        assert!(cq.reserve());
+        cq.post(&mem, Cqe::default(), Status::SUCCESS).unwrap();
+        mem.read(0x2000, &mut b).unwrap();
+        assert!(!Cqe::read_from_bytes(&b).unwrap().phase());
+        mem.read(0x2020, &mut b).unwrap();
+        assert!(Cqe::read_from_bytes(&b).unwrap().phase());
+    }
+
+    #[test]
+    fn cq_head_doorbell_validation() {
+        let mem = FakeMemory::new(1 << 16);
+        let mut cq = CompQueue::new(1, 0x2000, 4, true, 1);
+        for _ in 0..2 {
+            assert!(cq.reserve());
+            cq.post(&mem, Cqe::default(), Status::SUCCESS).unwrap();
+        }
+        cq.update_head(7);
+        assert_eq!(cq.head, 0, "beyond size ignored");
+        cq.update_head(3);
+        assert_eq!(cq.head, 0, "beyond tail ignored");
+        cq.update_head(1);
+        assert_eq!(cq.head, 1);
+        cq.update_head(2);
+        assert_eq!(cq.head, 2);
+        assert_eq!(cq.free(), 3);
+    }
+
+    #[test]
+    fn unreserve_releases_slot() {
+        let mut cq = CompQueue::new(1, 0x2000, 2, true, 1);
+        assert!(cq.reserve());
+        assert!(!cq.reserve());
+        cq.unreserve();
+        assert!(cq.reserve());
+    }
+
+    #[test]
+    fn cq_post_dma_error_reported() {
+        let mem = FakeMemory::new(1 << 12);
+        let mut cq = CompQueue::new(1, 0x10_0000, 4, true, 1);
+        assert!(cq.reserve());
+        assert!(cq.post(&mem, Cqe::default(), Status::SUCCESS).is_err());
+    }
+}
