@@ -173,6 +173,8 @@ pub struct Meta {
     file_clusters: u64,
     pending: HashSet<u64>,
     deferred_free: Vec<u64>,
+    /// Free clusters known to read as zeros (holes punched this session).
+    clean: HashSet<u64>,
     /// A write-back failed: further flushes fail.
     pub failed: bool,
     /// Opened read-only.
@@ -330,6 +332,7 @@ impl Meta {
             file_clusters,
             pending: HashSet::new(),
             deferred_free: Vec::new(),
+            clean: HashSet::new(),
             failed: false,
             read_only,
         };
@@ -500,6 +503,12 @@ impl Meta {
 
     /// Allocate one cluster (refcount 0 → 1). Returns its host offset.
     pub fn alloc_cluster(&mut self, st: &dyn Storage) -> ImgResult<u64> {
+        Ok(self.alloc_cluster_z(st)?.0)
+    }
+
+    /// Allocate one cluster; also says whether it is known to read as zeros (never used
+    /// before, or punched when freed this session).
+    fn alloc_cluster_z(&mut self, st: &dyn Storage) -> ImgResult<(u64, bool)> {
         if self.read_only {
             return Err(Error::Invalid("image opened read-only".into()));
         }
@@ -519,9 +528,10 @@ impl Meta {
             }
             if self.refcount(st, c)? == 0 {
                 self.set_refcount(st, c, 1)?;
+                let zeroed = self.clean.remove(&c) || c >= self.end_cluster;
                 self.free_hint = c + 1;
                 self.end_cluster = self.end_cluster.max(c + 1);
-                return Ok(c * self.cs);
+                return Ok((c * self.cs, zeroed));
             }
             self.free_hint = c + 1;
         }
@@ -790,16 +800,16 @@ impl Meta {
                         _ => None,
                     };
                     self.ensure_l2(st, gc)?;
-                    // A cluster past everything ever handed out is a hole of the file and
-                    // reads as zeros already: no padding needed (the common case for
-                    // sequential zones). Any other cluster may hold stale bytes.
+                    // A cluster past everything ever handed out is a hole of the file, and a
+                    // cluster freed this session had its hole punched: both read as zeros
+                    // already, so no padding (the common case for sequential zones). Any
+                    // other cluster may hold stale bytes.
                     let (h, virgin) = match pre {
                         Some(h) => (h, false),
                         None => {
-                            let virgin_from = self.end_cluster;
-                            let h = self.alloc_cluster(st)?;
+                            let (h, zeroed) = self.alloc_cluster_z(st)?;
                             plan.fresh.push(h);
-                            (h, h / cs >= virgin_from)
+                            (h, zeroed)
                         }
                     };
                     plan.commits.push((gc, h | COPIED));
@@ -925,6 +935,27 @@ impl Meta {
 
     /// Release clusters whose references are durably gone; returns refcount writes to do.
     pub fn release(&mut self, st: &dyn Storage, frees: &[u64]) -> ImgResult<Writes> {
+        // Punch the freed clusters first (nothing references them any more), so they read
+        // as zeros and can be reused without zero padding.
+        let mut sorted = frees.to_vec();
+        sorted.sort_unstable();
+        let mut i = 0;
+        while i < sorted.len() {
+            let mut j = i + 1;
+            while j < sorted.len() && sorted[j] == sorted[j - 1] + self.cs {
+                j += 1;
+            }
+            let (off, len) = (sorted[i], (j - i) as u64 * self.cs);
+            match st.punch_hole(off, len) {
+                Ok(()) => {
+                    for h in &sorted[i..j] {
+                        self.clean.insert(h / self.cs);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, off, len, "punching freed clusters failed"),
+            }
+            i = j;
+        }
         for h in frees {
             self.adjust_refcount(st, h / self.cs, -1)?;
         }
