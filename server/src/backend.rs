@@ -109,7 +109,8 @@ impl Backend {
             Bar0Access::Register => {
                 let env = self.dev.env();
                 let eff = self.dev.ctrl.mmio_write(&env, offset, data);
-                if eff.queues_changed {
+                // Any register write may enable the controller: let sleeping pollers look.
+                if eff.queues_changed || offset == bar::REG_CC {
                     self.pollers.wake_all();
                 }
             }

@@ -20,6 +20,8 @@ use vfio_bindings::bindings::vfio::{
 };
 use vfio_user::{ServerRegion, SparseArea};
 
+/// Controller Configuration register (CC) offset.
+pub const REG_CC: u64 = 0x14;
 /// BAR0 size.
 pub const BAR0_SIZE: u64 = 0x4000;
 /// Start of the doorbell page.

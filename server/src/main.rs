@@ -3,6 +3,7 @@
 use clap::Parser;
 use nix::sys::signal::{SigSet, Signal};
 use qcow2zoned::{OpenOptions, ZonedImage};
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
 use znsd::cli::{qemu_command_line, Cli, Command, ServeArgs};
@@ -15,6 +16,7 @@ fn init_tracing() {
     // the vfio_user crate's log records show up too.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }

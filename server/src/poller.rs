@@ -4,7 +4,8 @@
 //! Doorbells live in a shared memory page the guest writes without telling us, so pollers
 //! poll: while commands keep completing they spin; when idle they spin a little longer, then
 //! sleep with a growing interval (10 µs doubling up to [`MAX_SLEEP`]), so an idle znsd uses
-//! almost no CPU and a new doorbell is noticed within about a millisecond. A trapped doorbell
+//! almost no CPU and a new doorbell is noticed within about a millisecond. While the
+//! controller is disabled they sleep longer; a register write wakes them all. A trapped doorbell
 //! write (REGION_WRITE) wakes the owning poller at once through its channel.
 //!
 //! Control messages (quiesce, resume, stop) travel on the same crossbeam channel; quiesce is
@@ -25,6 +26,8 @@ pub const MAX_SLEEP: Duration = Duration::from_millis(1);
 const SPIN_ROUNDS: u32 = 64;
 /// First idle sleep.
 const MIN_SLEEP: Duration = Duration::from_micros(10);
+/// Idle sleep while the controller is disabled (enabling it wakes every poller at once).
+const DISABLED_SLEEP: Duration = Duration::from_millis(50);
 /// How long `quiesce` waits for all acks.
 const QUIESCE_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -222,7 +225,8 @@ fn poll_loop(dev: &Device, role: Role, rx: &Receiver<Msg>, wake_pending: &Atomic
         if let Role::Admin = role {
             dev.irq.poll_resample();
         }
-        let done = if dev.ctrl.ready() {
+        let ready = dev.ctrl.ready();
+        let done = if ready {
             let env = dev.env();
             let r = std::panic::catch_unwind(AssertUnwindSafe(|| match role {
                 Role::Admin => dev.ctrl.process_admin(&env),
@@ -252,7 +256,11 @@ fn poll_loop(dev: &Device, role: Role, rx: &Receiver<Msg>, wake_pending: &Atomic
             continue;
         }
         let shift = (idle - SPIN_ROUNDS).min(16);
-        let sleep = MIN_SLEEP.saturating_mul(1 << shift).min(MAX_SLEEP);
+        let sleep = if ready {
+            MIN_SLEEP.saturating_mul(1 << shift).min(MAX_SLEEP)
+        } else {
+            DISABLED_SLEEP
+        };
         match rx.recv_timeout(sleep) {
             Ok(m) => {
                 if let Flow::Stop = handle(m, &mut quiesced, &mut idle) {
