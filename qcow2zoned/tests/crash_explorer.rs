@@ -1,0 +1,1718 @@
+//! Crash-state explorer for the zoned image layer.
+//!
+//! A workload runs on a `ZonedImage` whose storage records every write (offset + bytes),
+//! every length change and every sync. The image file is then rebuilt as a power loss could
+//! have left it: everything up to a sync is on disk, and of the writes issued since that
+//! sync any subset may have reached the disk, in any order, possibly torn at sector
+//! granularity. Each rebuilt file is checked (`check_image`), opened with
+//! `ZonedImage::open_with` on a `MemStorage`, and compared with what the workload was told
+//! was durable (see docs/durability.md for the contract and the rules checked here).
+//!
+//! `cargo test --release -p qcow2zoned --test crash_explorer -- --nocapture` runs a
+//! deterministic sample; `ZNSD_SOAK=1` runs the soak size (at least 10,000 crash states).
+
+use qcow2zoned::{
+    check_image, CacheMode, CreateOptions, Error, MemStorage, OpenOptions, Storage, ZoneAction,
+    ZoneAttrs, ZoneInfo, ZoneOptions, ZoneState, ZonedImage,
+};
+use std::collections::BTreeMap;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+const KIB: u64 = 1 << 10;
+const MIB: u64 = 1 << 20;
+const SECTOR: usize = 512;
+
+// ------------------------------------------------------------------ deterministic randomness
+
+/// xorshift64* — small, deterministic, good enough to pick operations and subsets.
+#[derive(Clone)]
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            0
+        } else {
+            self.next() % n
+        }
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        let mut v = Vec::with_capacity(n + 8);
+        while v.len() < n {
+            v.extend_from_slice(&self.next().to_le_bytes());
+        }
+        v.truncate(n);
+        v
+    }
+    fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            let j = self.below(i as u64 + 1) as usize;
+            v.swap(i, j);
+        }
+    }
+}
+
+// ------------------------------------------------------------------ recording storage
+
+/// One operation on the image file, in issue order.
+#[derive(Clone, Debug)]
+enum Op {
+    Write { off: u64, data: Arc<Vec<u8>> },
+    SetLen(u64),
+    Sync,
+}
+
+/// Deliberate storage defects, to prove that the checker notices lost durability.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    None,
+    /// The `nth` write of at least `min_len` bytes is acknowledged but never reaches the
+    /// disk (the process still reads it back from its cache).
+    DropWrite {
+        nth: usize,
+        min_len: usize,
+    },
+    /// At every sync, the first write issued since the previous sync is only made durable
+    /// after the sync (a sync that does not order the writes before it).
+    DeferAcrossSync,
+}
+
+struct RecInner {
+    /// What the running process sees (page cache).
+    cur: Vec<u8>,
+    ops: Vec<Op>,
+    /// Writes of at least the DropWrite size seen so far.
+    big_writes: usize,
+    /// Index in `ops` of the first op after the last sync.
+    window_start: usize,
+}
+
+/// `Storage` that serves reads from memory and records every write and sync.
+struct Recorder {
+    inner: Mutex<RecInner>,
+    fault: Fault,
+}
+
+impl Recorder {
+    fn new(base: Vec<u8>, fault: Fault) -> Recorder {
+        Recorder {
+            inner: Mutex::new(RecInner {
+                cur: base,
+                ops: Vec::new(),
+                big_writes: 0,
+                window_start: 0,
+            }),
+            fault,
+        }
+    }
+    fn lock(&self) -> std::sync::MutexGuard<'_, RecInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    fn op_count(&self) -> usize {
+        self.lock().ops.len()
+    }
+    fn take_ops(&self) -> Vec<Op> {
+        self.lock().ops.clone()
+    }
+    fn record_write(&self, off: u64, data: Vec<u8>) {
+        let mut g = self.lock();
+        let end = off as usize + data.len();
+        if g.cur.len() < end {
+            g.cur.resize(end, 0);
+        }
+        g.cur[off as usize..end].copy_from_slice(&data);
+        if let Fault::DropWrite { nth, min_len } = self.fault {
+            if data.len() >= min_len {
+                g.big_writes += 1;
+                if g.big_writes == nth + 1 {
+                    return;
+                }
+            }
+        }
+        g.ops.push(Op::Write {
+            off,
+            data: Arc::new(data),
+        });
+    }
+}
+
+impl Storage for Recorder {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let g = self.lock();
+        let off = offset as usize;
+        if off >= g.cur.len() {
+            return Ok(0);
+        }
+        let n = buf.len().min(g.cur.len() - off);
+        buf[..n].copy_from_slice(&g.cur[off..off + n]);
+        Ok(n)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.record_write(offset, buf.to_vec());
+        Ok(())
+    }
+    fn writev_at(&self, bufs: &[IoSlice<'_>], offset: u64) -> io::Result<()> {
+        // One pwritev is one operation (and may be torn like one).
+        let mut v = Vec::new();
+        for b in bufs {
+            v.extend_from_slice(b);
+        }
+        self.record_write(offset, v);
+        Ok(())
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        let mut g = self.lock();
+        let ws = g.window_start;
+        let deferred = if self.fault == Fault::DeferAcrossSync {
+            match g.ops[ws..]
+                .iter()
+                .position(|o| matches!(o, Op::Write { .. }))
+            {
+                Some(p) => Some(g.ops.remove(ws + p)),
+                None => None,
+            }
+        } else {
+            None
+        };
+        g.ops.push(Op::Sync);
+        g.window_start = g.ops.len();
+        if let Some(op) = deferred {
+            g.ops.push(op);
+        }
+        Ok(())
+    }
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.lock().cur.len() as u64)
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        let mut g = self.lock();
+        g.cur.resize(len as usize, 0);
+        g.ops.push(Op::SetLen(len));
+        Ok(())
+    }
+}
+
+// ------------------------------------------------------------------ configurations
+
+#[derive(Clone, Copy, Debug)]
+struct Config {
+    name: &'static str,
+    cluster: u64,
+    zones: u32,
+    zone_size: u64,
+    capacity: u64,
+    max_open: u32,
+    max_active: u32,
+    max_append: u32,
+    zdes: u32,
+    cache: CacheMode,
+}
+
+impl Config {
+    fn create_options(&self) -> CreateOptions {
+        CreateOptions {
+            size: u64::from(self.zones) * self.zone_size,
+            cluster_size: self.cluster,
+            zone: ZoneOptions {
+                size: self.zone_size,
+                capacity: self.capacity,
+                conventional_zones: 0,
+                max_open_zones: self.max_open,
+                max_active_zones: self.max_active,
+                max_append_bytes: self.max_append,
+                zd_extension_size: self.zdes,
+            },
+        }
+    }
+}
+
+const CONFIGS: &[Config] = &[
+    Config {
+        name: "4k-8x1M-nolimits-wb",
+        cluster: 4 * KIB,
+        zones: 8,
+        zone_size: MIB,
+        capacity: MIB,
+        max_open: 0,
+        max_active: 0,
+        max_append: 16 * KIB as u32,
+        zdes: 64,
+        cache: CacheMode::WriteBack,
+    },
+    Config {
+        name: "64k-8x1M-limits-wb",
+        cluster: 64 * KIB,
+        zones: 8,
+        zone_size: MIB,
+        capacity: MIB,
+        max_open: 2,
+        max_active: 3,
+        max_append: 64 * KIB as u32,
+        zdes: 128,
+        cache: CacheMode::WriteBack,
+    },
+    Config {
+        name: "4k-16x1M-cap768k-limits-wt",
+        cluster: 4 * KIB,
+        zones: 16,
+        zone_size: MIB,
+        capacity: 768 * KIB,
+        max_open: 3,
+        max_active: 4,
+        max_append: 32 * KIB as u32,
+        zdes: 64,
+        cache: CacheMode::WriteThrough,
+    },
+    Config {
+        name: "64k-8x4M-nolimits-wt",
+        cluster: 64 * KIB,
+        zones: 8,
+        zone_size: 4 * MIB,
+        capacity: 4 * MIB,
+        max_open: 0,
+        max_active: 0,
+        max_append: 64 * KIB as u32,
+        zdes: 0,
+        cache: CacheMode::WriteThrough,
+    },
+    Config {
+        name: "64k-16x2M-cap1M-limits-wb",
+        cluster: 64 * KIB,
+        zones: 16,
+        zone_size: 2 * MIB,
+        capacity: MIB,
+        max_open: 2,
+        max_active: 2,
+        max_append: 32 * KIB as u32,
+        zdes: 192,
+        cache: CacheMode::WriteBack,
+    },
+    Config {
+        name: "4k-8x2M-smallcap-wb",
+        cluster: 4 * KIB,
+        zones: 8,
+        zone_size: 2 * MIB,
+        capacity: 96 * KIB,
+        max_open: 0,
+        max_active: 4,
+        max_append: 8 * KIB as u32,
+        zdes: 64,
+        cache: CacheMode::WriteBack,
+    },
+];
+
+// ------------------------------------------------------------------ workload
+
+/// One step of a workload. Writes go to the zone's current write pointer.
+#[derive(Clone, Debug)]
+enum Action {
+    Write {
+        zone: u32,
+        len: u64,
+        fua: bool,
+    },
+    Append {
+        zone: u32,
+        len: u64,
+        fua: bool,
+    },
+    Zeroes {
+        zone: u32,
+        len: u64,
+        fua: bool,
+    },
+    Flush,
+    Mgmt {
+        zone: Option<u32>,
+        action: ZoneAction,
+    },
+    SetZde {
+        zone: u32,
+    },
+    Force {
+        zone: u32,
+        state: ZoneState,
+    },
+}
+
+/// What the model expects of one zone after a step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ZSnap {
+    /// Index into `Run::gens`: the zone's data since its last reset.
+    gen: usize,
+    wp: u64,
+    state: ZoneState,
+    attrs: u8,
+    zded: Option<Vec<u8>>,
+}
+
+#[derive(Clone, Debug)]
+struct StepRec {
+    /// Ops issued by the step: `ops[start..end]`.
+    start: usize,
+    end: usize,
+    desc: String,
+    /// Completed successfully with a durability guarantee (flush, FUA / write-through
+    /// write, management command, close).
+    durable: bool,
+    /// A management command that may change zone words wholesale (not just advance a WP).
+    mgmt: bool,
+}
+
+struct Run {
+    cfg: Config,
+    seed: u64,
+    base: Vec<u8>,
+    ops: Vec<Op>,
+    steps: Vec<StepRec>,
+    /// `snaps[0]` before the first step, `snaps[i + 1]` after step `i`.
+    snaps: Vec<Vec<ZSnap>>,
+    /// Generation contents (bytes from the zone start), append-only within a generation.
+    gens: Vec<Vec<u8>>,
+    /// Zone of each generation.
+    gen_zone: Vec<u32>,
+    /// Per zone: highest byte offset (relative to the zone start) ever written with data.
+    hwm: Vec<u64>,
+    /// Problems seen while running the workload itself (live image disagreeing with the model).
+    live_errors: Vec<String>,
+}
+
+struct Exec {
+    cfg: Config,
+    img: ZonedImage,
+    rec: Arc<Recorder>,
+    cur_gen: Vec<usize>,
+    gens: Vec<Vec<u8>>,
+    gen_zone: Vec<u32>,
+    hwm: Vec<u64>,
+    zded: Vec<Vec<u8>>,
+    steps: Vec<StepRec>,
+    snaps: Vec<Vec<ZSnap>>,
+    live_errors: Vec<String>,
+    data_rng: Rng,
+}
+
+fn zone_start(cfg: &Config, z: u32) -> u64 {
+    u64::from(z) * cfg.zone_size
+}
+
+impl Exec {
+    fn new(cfg: Config, seed: u64, fault: Fault) -> (Exec, Vec<u8>) {
+        let mem = MemStorage::default();
+        ZonedImage::create_with(&mem, &cfg.create_options()).expect("create");
+        let base = mem.contents();
+        let rec = Arc::new(Recorder::new(base.clone(), fault));
+        let img = ZonedImage::open_with(
+            rec.clone(),
+            OpenOptions {
+                cache: cfg.cache,
+                ..Default::default()
+            },
+        )
+        .expect("open");
+        let nz = cfg.zones as usize;
+        let mut e = Exec {
+            cfg,
+            img,
+            rec,
+            cur_gen: (0..nz).collect(),
+            gens: vec![Vec::new(); nz],
+            gen_zone: (0..cfg.zones).collect(),
+            hwm: vec![0; nz],
+            zded: vec![vec![0; cfg.zdes as usize]; nz],
+            steps: Vec::new(),
+            snaps: Vec::new(),
+            live_errors: Vec::new(),
+            data_rng: Rng::new(seed ^ 0xDA7A),
+        };
+        let n = e.rec.op_count();
+        if n > 0 {
+            // Opening wrote something (header): a step of its own, durable (open syncs).
+            e.steps.push(StepRec {
+                start: 0,
+                end: n,
+                desc: "open".into(),
+                durable: true,
+                mgmt: false,
+            });
+            let s = e.snapshot();
+            e.snaps.push(s.clone());
+            e.snaps.push(s);
+        } else {
+            let s = e.snapshot();
+            e.snaps.push(s);
+        }
+        (e, base)
+    }
+
+    fn zinfo(&self, z: u32) -> ZoneInfo {
+        self.img.zones(z, 1)[0]
+    }
+
+    fn snapshot(&mut self) -> Vec<ZSnap> {
+        let infos = self.img.zones(0, self.cfg.zones);
+        let mut out = Vec::with_capacity(infos.len());
+        for (z, i) in infos.iter().enumerate() {
+            let model_wp =
+                zone_start(&self.cfg, z as u32) + self.gens[self.cur_gen[z]].len() as u64;
+            if i.wp != model_wp {
+                self.live_errors.push(format!(
+                    "live zone {z}: wp 0x{:x}, model 0x{model_wp:x} ({:?})",
+                    i.wp, i.state
+                ));
+            }
+            let zded = if i.attrs.contains(ZoneAttrs::ZDEV) {
+                let live = self.img.zde(z as u32);
+                if live != self.zded[z] {
+                    self.live_errors
+                        .push(format!("live zone {z}: descriptor extension differs"));
+                }
+                Some(live)
+            } else {
+                None
+            };
+            out.push(ZSnap {
+                gen: self.cur_gen[z],
+                wp: i.wp,
+                state: i.state,
+                attrs: i.attrs.bits(),
+                zded,
+            });
+        }
+        out
+    }
+
+    fn new_gen(&mut self, z: u32) {
+        self.gens.push(Vec::new());
+        self.gen_zone.push(z);
+        self.cur_gen[z as usize] = self.gens.len() - 1;
+    }
+
+    fn push_data(&mut self, z: u32, data: &[u8]) {
+        let g = self.cur_gen[z as usize];
+        self.gens[g].extend_from_slice(data);
+        let end = self.gens[g].len() as u64;
+        let h = &mut self.hwm[z as usize];
+        *h = (*h).max(end);
+    }
+
+    fn note_err(&mut self, what: &str, e: &Error) {
+        if !matches!(e, Error::Zone(_) | Error::Invalid(_)) {
+            self.live_errors
+                .push(format!("{what}: unexpected error {e}"));
+        }
+    }
+
+    /// Execute one action; returns (description, durable, mgmt).
+    fn exec(&mut self, a: &Action) -> (String, bool, bool) {
+        let wt = self.cfg.cache == CacheMode::WriteThrough;
+        match *a {
+            Action::Write { zone, len, fua } | Action::Append { zone, len, fua } => {
+                let append = matches!(a, Action::Append { .. });
+                let data = self.data_rng.bytes(len as usize);
+                let wp = self.zinfo(zone).wp;
+                let start = zone_start(&self.cfg, zone);
+                // Split the buffer in two iovecs now and then (gather writes).
+                let cut = if len > 1024 && self.data_rng.chance(30) {
+                    (self.data_rng.below(len / 512) * 512) as usize
+                } else {
+                    0
+                };
+                let bufs = [IoSlice::new(&data[..cut]), IoSlice::new(&data[cut..])];
+                let r = if append {
+                    self.img.append(start, &bufs, fua).map(|off| {
+                        if off != wp {
+                            self.live_errors.push(format!(
+                                "append to zone {zone} went to 0x{off:x}, wp was 0x{wp:x}"
+                            ));
+                        }
+                    })
+                } else {
+                    self.img.write(wp, &bufs, fua)
+                };
+                let name = if append { "append" } else { "write" };
+                let desc = format!(
+                    "{name}{} zone {zone} at +0x{:x} len {len}",
+                    if fua { " fua" } else { "" },
+                    wp - start
+                );
+                match r {
+                    Ok(()) => {
+                        self.push_data(zone, &data);
+                        (desc, fua || wt, false)
+                    }
+                    Err(e) => {
+                        self.note_err(&desc, &e);
+                        (format!("{desc} (refused: {e})"), false, false)
+                    }
+                }
+            }
+            Action::Zeroes { zone, len, fua } => {
+                let wp = self.zinfo(zone).wp;
+                let desc = format!(
+                    "write_zeroes{} zone {zone} at +0x{:x} len {len}",
+                    if fua { " fua" } else { "" },
+                    wp - zone_start(&self.cfg, zone)
+                );
+                match self.img.write_zeroes(wp, len, fua) {
+                    Ok(()) => {
+                        self.push_data(zone, &vec![0; len as usize]);
+                        (desc, fua || wt, false)
+                    }
+                    Err(e) => {
+                        self.note_err(&desc, &e);
+                        (format!("{desc} (refused: {e})"), false, false)
+                    }
+                }
+            }
+            Action::Flush => match self.img.flush() {
+                Ok(()) => ("flush".into(), true, false),
+                Err(e) => {
+                    self.note_err("flush", &e);
+                    ("flush (failed)".into(), false, false)
+                }
+            },
+            Action::Mgmt { zone, action } => {
+                let before = self.img.zones(0, self.cfg.zones);
+                let desc = match zone {
+                    Some(z) => format!("{action:?} zone {z}"),
+                    None => format!("{action:?} all"),
+                };
+                match self.img.zone_action(zone, action) {
+                    Ok(()) => {
+                        let after = self.img.zones(0, self.cfg.zones);
+                        self.apply_mgmt(&before, &after);
+                        (desc, true, true)
+                    }
+                    Err(e) => {
+                        self.note_err(&desc, &e);
+                        (format!("{desc} (refused: {e})"), false, false)
+                    }
+                }
+            }
+            Action::SetZde { zone } => {
+                let data = self.data_rng.bytes(self.cfg.zdes as usize);
+                let desc = format!("set_zde zone {zone}");
+                match self.img.set_zde(zone, &data) {
+                    Ok(()) => {
+                        self.zded[zone as usize] = data;
+                        (desc, true, true)
+                    }
+                    Err(e) => {
+                        self.note_err(&desc, &e);
+                        (format!("{desc} (refused: {e})"), false, false)
+                    }
+                }
+            }
+            Action::Force { zone, state } => {
+                let desc = format!("force zone {zone} {state:?}");
+                match self.img.force_zone_state(zone, state) {
+                    Ok(()) => (desc, true, true),
+                    Err(e) => {
+                        self.note_err(&desc, &e);
+                        (format!("{desc} (refused: {e})"), false, false)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Model effects of a completed management command, from the zone states around it.
+    fn apply_mgmt(&mut self, before: &[ZoneInfo], after: &[ZoneInfo]) {
+        for (b, a) in before.iter().zip(after) {
+            let z = a.index;
+            if a.state == ZoneState::Empty && b.state != ZoneState::Empty {
+                self.new_gen(z);
+            } else if a.state == ZoneState::Full && b.state != ZoneState::Full {
+                let cap = self.cfg.capacity as usize;
+                let g = self.cur_gen[z as usize];
+                self.gens[g].resize(cap, 0);
+            }
+        }
+    }
+
+    fn step(&mut self, a: &Action) {
+        let start = self.rec.op_count();
+        let (desc, durable, mgmt) = self.exec(a);
+        let end = self.rec.op_count();
+        self.steps.push(StepRec {
+            start,
+            end,
+            desc,
+            durable,
+            mgmt,
+        });
+        let s = self.snapshot();
+        self.snaps.push(s);
+    }
+
+    fn finish(mut self, seed: u64, base: Vec<u8>) -> Run {
+        let start = self.rec.op_count();
+        let r = std::mem::replace(&mut self.img, dummy_image()).close();
+        if let Err(e) = r {
+            self.live_errors.push(format!("close: {e}"));
+        }
+        let end = self.rec.op_count();
+        self.steps.push(StepRec {
+            start,
+            end,
+            desc: "close".into(),
+            durable: true,
+            mgmt: false,
+        });
+        let last = self.snaps.last().cloned().unwrap_or_default();
+        self.snaps.push(last);
+        Run {
+            cfg: self.cfg,
+            seed,
+            base,
+            ops: self.rec.take_ops(),
+            steps: self.steps,
+            snaps: self.snaps,
+            gens: self.gens,
+            gen_zone: self.gen_zone,
+            hwm: self.hwm,
+            live_errors: self.live_errors,
+        }
+    }
+}
+
+/// A throwaway read-only image to move the real one out of `Exec` for `close`.
+fn dummy_image() -> ZonedImage {
+    let mem = MemStorage::default();
+    let cfg = CONFIGS[0];
+    ZonedImage::create_with(&mem, &cfg.create_options()).expect("create");
+    ZonedImage::open_with(
+        Arc::new(MemStorage::new(mem.contents())),
+        OpenOptions {
+            read_only: true,
+            ..Default::default()
+        },
+    )
+    .expect("open")
+}
+
+/// Pick a plausible next action from the live zone states.
+fn random_action(rng: &mut Rng, e: &Exec, forced: &mut u32) -> Action {
+    let cfg = &e.cfg;
+    let nz = cfg.zones;
+    let zone = if rng.chance(70) {
+        rng.below(u64::from(nz.min(3))) as u32
+    } else {
+        rng.below(u64::from(nz)) as u32
+    };
+    let info = e.zinfo(zone);
+    let room = (zone_start(cfg, zone) + cfg.capacity).saturating_sub(info.wp);
+    let cs = cfg.cluster;
+    let pick_len = |rng: &mut Rng, max: u64| -> u64 {
+        let l = match rng.below(7) {
+            0 => 512,
+            1 => 4 * KIB,
+            2 => cs,
+            3 => cs + 512,
+            4 => 2 * cs + 1536,
+            5 => (1 + rng.below(8)) * 512,
+            _ => (1 + rng.below((3 * cs).min(160 * KIB) / 512)) * 512,
+        };
+        l.min(max).max(512)
+    };
+    let fua = rng.chance(15);
+    match rng.below(100) {
+        0..=29 if room >= 512 => Action::Write {
+            zone,
+            len: pick_len(rng, room),
+            fua,
+        },
+        30..=39 if room >= 512 => Action::Append {
+            zone,
+            len: pick_len(rng, room.min(u64::from(cfg.max_append))),
+            fua,
+        },
+        40..=45 if room >= 512 => Action::Zeroes {
+            zone,
+            len: pick_len(rng, room),
+            fua,
+        },
+        46..=57 => Action::Flush,
+        58..=62 => Action::Mgmt {
+            zone: Some(zone),
+            action: ZoneAction::Open,
+        },
+        63..=67 => Action::Mgmt {
+            zone: Some(zone),
+            action: ZoneAction::Close,
+        },
+        68..=71 => Action::Mgmt {
+            zone: Some(zone),
+            action: ZoneAction::Finish,
+        },
+        72..=78 => Action::Mgmt {
+            zone: Some(zone),
+            action: ZoneAction::Reset,
+        },
+        79..=80 => Action::Mgmt {
+            zone: None,
+            action: match rng.below(4) {
+                0 => ZoneAction::Close,
+                1 => ZoneAction::Open,
+                2 => ZoneAction::Finish,
+                _ => ZoneAction::Reset,
+            },
+        },
+        81..=85 if cfg.zdes > 0 => {
+            // Prefer an Empty zone (the only state that accepts an extension).
+            let zs = e.img.zones(0, nz);
+            let empty: Vec<u32> = zs
+                .iter()
+                .filter(|z| z.state == ZoneState::Empty)
+                .map(|z| z.index)
+                .collect();
+            let zone = if empty.is_empty() {
+                zone
+            } else {
+                empty[rng.below(empty.len() as u64) as usize]
+            };
+            Action::SetZde { zone }
+        }
+        86 if *forced < 2 => {
+            *forced += 1;
+            // Keep the hot zones usable: force one of the others.
+            let zone = (3 + rng.below(u64::from(nz - 3))) as u32;
+            Action::Force {
+                zone,
+                state: if rng.chance(50) {
+                    ZoneState::ReadOnly
+                } else {
+                    ZoneState::Offline
+                },
+            }
+        }
+        _ if room >= 512 => Action::Write {
+            zone,
+            len: pick_len(rng, room),
+            fua,
+        },
+        _ => Action::Mgmt {
+            zone: Some(zone),
+            action: ZoneAction::Reset,
+        },
+    }
+}
+
+fn run_random(cfg: Config, seed: u64, nsteps: usize) -> Run {
+    let (mut e, base) = Exec::new(cfg, seed, Fault::None);
+    let mut rng = Rng::new(seed);
+    let mut forced = 0;
+    for _ in 0..nsteps {
+        let a = random_action(&mut rng, &e, &mut forced);
+        e.step(&a);
+    }
+    e.finish(seed, base)
+}
+
+fn run_script(cfg: Config, seed: u64, script: &[Action], fault: Fault) -> Run {
+    let (mut e, base) = Exec::new(cfg, seed, fault);
+    for a in script {
+        e.step(a);
+    }
+    e.finish(seed, base)
+}
+
+// ------------------------------------------------------------------ crash images
+
+/// A piece of a pending write that reached the disk.
+#[derive(Clone, Debug)]
+struct Piece {
+    op: usize,
+    /// Byte range within the write.
+    from: usize,
+    to: usize,
+}
+
+fn apply_write(img: &mut Vec<u8>, off: u64, data: &[u8]) {
+    let off = off as usize;
+    let end = off + data.len();
+    if img.len() < end {
+        img.resize(end, 0);
+    }
+    img[off..end].copy_from_slice(data);
+}
+
+fn apply_op(img: &mut Vec<u8>, op: &Op) {
+    match op {
+        Op::Write { off, data } => apply_write(img, *off, data),
+        Op::SetLen(l) => img.resize(*l as usize, 0),
+        Op::Sync => {}
+    }
+}
+
+fn apply_piece(img: &mut Vec<u8>, ops: &[Op], p: &Piece) {
+    match &ops[p.op] {
+        Op::Write { off, data } => apply_write(img, off + p.from as u64, &data[p.from..p.to]),
+        op => apply_op(img, op),
+    }
+}
+
+/// How the pending writes of one window are chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Variant {
+    /// Nothing since the last sync reached the disk.
+    None,
+    /// Everything issued reached the disk, in order.
+    All,
+    /// An in-order prefix reached the disk (an ordered disk losing its tail).
+    Prefix,
+    /// A random subset, applied in issue order.
+    Subset,
+    /// A random subset, applied in random order.
+    Reorder,
+    /// Writes split into sectors (512 B or 4 KiB), a random subset in random order.
+    Torn,
+}
+
+const VARIANTS: [Variant; 6] = [
+    Variant::None,
+    Variant::All,
+    Variant::Prefix,
+    Variant::Subset,
+    Variant::Reorder,
+    Variant::Torn,
+];
+
+fn choose_pieces(rng: &mut Rng, ops: &[Op], pending: &[usize], v: Variant) -> Vec<Piece> {
+    let whole = |i: usize| Piece {
+        op: i,
+        from: 0,
+        to: match &ops[i] {
+            Op::Write { data, .. } => data.len(),
+            _ => 0,
+        },
+    };
+    match v {
+        Variant::None => Vec::new(),
+        Variant::All => pending.iter().map(|&i| whole(i)).collect(),
+        Variant::Prefix => {
+            let n = rng.below(pending.len() as u64 + 1) as usize;
+            pending[..n].iter().map(|&i| whole(i)).collect()
+        }
+        Variant::Subset | Variant::Reorder => {
+            let keep = 20 + rng.below(61);
+            let mut out: Vec<Piece> = pending
+                .iter()
+                .filter(|_| rng.chance(keep))
+                .map(|&i| whole(i))
+                .collect();
+            if v == Variant::Reorder {
+                rng.shuffle(&mut out);
+            }
+            out
+        }
+        Variant::Torn => {
+            let sec = if rng.chance(50) { SECTOR } else { 8 * SECTOR };
+            let keep = 20 + rng.below(61);
+            let mut out = Vec::new();
+            for &i in pending {
+                match &ops[i] {
+                    Op::Write { off, data } => {
+                        // Cut at absolute sector boundaries.
+                        let mut from = 0usize;
+                        while from < data.len() {
+                            let abs = *off as usize + from;
+                            let to = ((abs / sec + 1) * sec - *off as usize).min(data.len());
+                            if rng.chance(keep) {
+                                out.push(Piece { op: i, from, to });
+                            }
+                            from = to;
+                        }
+                    }
+                    _ => {
+                        if rng.chance(keep) {
+                            out.push(whole(i));
+                        }
+                    }
+                }
+            }
+            rng.shuffle(&mut out);
+            out
+        }
+    }
+}
+
+// ------------------------------------------------------------------ checking one crash state
+
+/// What the model allows at a crash point: the durable floor, the state before the step in
+/// flight and the state after it.
+struct Expect<'a> {
+    floor: &'a [ZSnap],
+    prev: &'a [ZSnap],
+    post: &'a [ZSnap],
+    inflight: Option<usize>,
+    mgmt_inflight: bool,
+}
+
+fn expectations(run: &Run, pos: usize) -> Expect<'_> {
+    let k = run.steps.partition_point(|s| s.end <= pos);
+    let inflight =
+        (k < run.steps.len() && run.steps[k].start <= pos && pos < run.steps[k].end).then_some(k);
+    let floor = match run.steps[..k].iter().rposition(|s| s.durable) {
+        Some(d) => &run.snaps[d + 1],
+        None => &run.snaps[0],
+    };
+    let prev = &run.snaps[k];
+    let post = match inflight {
+        Some(j) => &run.snaps[j + 1],
+        None => prev,
+    };
+    Expect {
+        floor,
+        prev,
+        post,
+        inflight,
+        mgmt_inflight: inflight.is_some_and(|j| run.steps[j].mgmt),
+    }
+}
+
+/// The outcome of one zone as the reopened image reports it.
+struct Outcome<'a> {
+    info: ZoneInfo,
+    /// Bytes read from the zone start (None for an Offline zone).
+    data: Option<&'a [u8]>,
+    zde: Vec<u8>,
+}
+
+fn is_opened(s: ZoneState) -> bool {
+    matches!(s, ZoneState::ImplicitlyOpened | ZoneState::ExplicitlyOpened)
+}
+
+/// Check one zone against one scenario: the model snapshot `s`, the write pointer allowed
+/// in `[lo, hi]`. Returns the rule broken and a detail.
+fn check_scenario(
+    run: &Run,
+    z: u32,
+    s: &ZSnap,
+    lo: u64,
+    hi: u64,
+    closed_at_start_ok: bool,
+    o: &Outcome<'_>,
+) -> Result<(), (&'static str, String)> {
+    let cfg = &run.cfg;
+    let start = zone_start(cfg, z);
+    let cap = start + cfg.capacity;
+    let i = &o.info;
+    let rel = |x: u64| x - start;
+    let forced = matches!(s.state, ZoneState::ReadOnly | ZoneState::Offline);
+    if forced {
+        if i.state != s.state {
+            return Err((
+                "forced-state-lost",
+                format!("expected {:?}, found {:?}", s.state, i.state),
+            ));
+        }
+    } else if matches!(i.state, ZoneState::ReadOnly | ZoneState::Offline) {
+        return Err((
+            "forced-state-from-nowhere",
+            format!("found {:?}, expected {:?}", i.state, s.state),
+        ));
+    }
+    if i.wp < lo {
+        return Err((
+            "flushed-wp-lost",
+            format!(
+                "wp +0x{:x} below the durable wp +0x{:x}",
+                rel(i.wp),
+                rel(lo)
+            ),
+        ));
+    }
+    if i.wp > hi {
+        return Err((
+            "wp-ahead-of-data",
+            format!(
+                "wp +0x{:x} above the highest issued wp +0x{:x}",
+                rel(i.wp),
+                rel(hi)
+            ),
+        ));
+    }
+    if !forced {
+        let ok = match i.state {
+            ZoneState::Empty => i.wp == start && i.attrs.is_empty(),
+            ZoneState::Closed => i.wp < cap && (i.wp > start || closed_at_start_ok),
+            ZoneState::Full => i.wp == cap,
+            _ => false,
+        };
+        if !ok {
+            return Err((
+                if is_opened(i.state) {
+                    "opened-after-open"
+                } else {
+                    "illegal-state"
+                },
+                format!(
+                    "{:?} with wp +0x{:x} attrs 0x{:02x} (capacity 0x{:x})",
+                    i.state,
+                    rel(i.wp),
+                    i.attrs.bits(),
+                    cfg.capacity
+                ),
+            ));
+        }
+    }
+    if i.attrs.bits() != s.attrs {
+        return Err((
+            "attrs-mismatch",
+            format!("attrs 0x{:02x}, expected 0x{:02x}", i.attrs.bits(), s.attrs),
+        ));
+    }
+    if i.attrs.contains(ZoneAttrs::ZDEV) && s.zded.as_deref() != Some(&o.zde[..]) {
+        return Err(("zded-mismatch", "descriptor extension bytes differ".into()));
+    }
+    if let Some(data) = o.data {
+        let model = &run.gens[s.gen];
+        let n = (rel(i.wp) as usize).min(data.len());
+        let below_ok = n <= model.len() && data[..n] == model[..n];
+        if !below_ok {
+            let at = (0..n)
+                .find(|&k| model.get(k) != Some(&data[k]))
+                .unwrap_or(n);
+            // Whose data is it? An older generation of this zone means a completed reset
+            // did not hide the old contents.
+            let older = run.gen_zone.iter().enumerate().any(|(g, &gz)| {
+                gz == z && g != s.gen && run.gens[g].get(at) == Some(&data[at]) && {
+                    let m = &run.gens[g];
+                    let e = n.min(m.len());
+                    e > at && data[at..e] == m[at..e]
+                }
+            });
+            return Err((
+                if older {
+                    "pre-reset-data-visible"
+                } else {
+                    "data-mismatch-below-wp"
+                },
+                format!(
+                    "byte +0x{at:x} below wp +0x{:x} differs from what was written (model has {} bytes)",
+                    rel(i.wp),
+                    model.len()
+                ),
+            ));
+        }
+        if let Some(k) = data[n..].iter().position(|&b| b != 0) {
+            return Err((
+                "nonzero-above-wp",
+                format!("byte +0x{:x} at/above wp +0x{:x}", n + k, rel(i.wp)),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_zone(run: &Run, z: u32, ex: &Expect<'_>, o: &Outcome<'_>) -> Result<(), String> {
+    let zi = z as usize;
+    let (f, p, q) = (&ex.floor[zi], &ex.prev[zi], &ex.post[zi]);
+    let start = zone_start(&run.cfg, z);
+    let closed_at_start_ok = [f, p, q].iter().any(|s| {
+        s.wp == start
+            && (s.attrs != 0 || matches!(s.state, ZoneState::Closed) || is_opened(s.state))
+    });
+    let lo_of = |s: &ZSnap| if f.gen == s.gen { f.wp } else { start };
+    let mut scen: Vec<(&ZSnap, u64, u64)> = Vec::new();
+    if ex.mgmt_inflight && p != q {
+        scen.push((p, lo_of(p), p.wp));
+        scen.push((q, q.wp, q.wp));
+    } else {
+        scen.push((q, lo_of(q), q.wp));
+    }
+    let mut why = Vec::new();
+    for (s, lo, hi) in scen {
+        match check_scenario(run, z, s, lo, hi, closed_at_start_ok, o) {
+            Ok(()) => return Ok(()),
+            Err((rule, d)) => why.push(format!("{rule}: {d}")),
+        }
+    }
+    Err(format!(
+        "zone {z}: {}",
+        why.join(" / or, with the command in flight applied: ")
+    ))
+}
+
+#[derive(Default)]
+struct Verdict {
+    violations: Vec<String>,
+    leaks: bool,
+    over_active: bool,
+}
+
+fn io_read(img: &ZonedImage, off: u64, len: usize) -> Result<Vec<u8>, Error> {
+    let mut v = vec![0xA5u8; len];
+    img.read(off, &mut [IoSliceMut::new(&mut v)])?;
+    Ok(v)
+}
+
+/// Open, check and use the image `bytes` as found after a crash at op `pos`.
+fn check_state(run: &Run, pos: usize, bytes: Vec<u8>, clean: bool, rng: &mut Rng) -> Verdict {
+    let cfg = &run.cfg;
+    let mut v = Verdict::default();
+    let st = Arc::new(MemStorage::new(bytes));
+    match check_image(&*st) {
+        Err(e) => v.violations.push(format!("check-failed: {e}")),
+        Ok(rep) => {
+            if rep.corruptions > 0 {
+                let m: Vec<&str> = rep.messages.iter().take(3).map(|s| s.as_str()).collect();
+                v.violations.push(format!(
+                    "check-corruption: {} corruptions: {}",
+                    rep.corruptions,
+                    m.join("; ")
+                ));
+            }
+            v.leaks = rep.leaks > 0;
+            if clean && rep.exit_code() != 0 {
+                v.violations.push(format!(
+                    "clean-shutdown-not-clean: check exit code {} ({:?})",
+                    rep.exit_code(),
+                    rep.messages.iter().take(3).collect::<Vec<_>>()
+                ));
+            }
+        }
+    }
+    let img = match ZonedImage::open_with(
+        st.clone(),
+        OpenOptions {
+            cache: cfg.cache,
+            ..Default::default()
+        },
+    ) {
+        Ok(i) => i,
+        Err(e) => {
+            v.violations.push(format!("open-failed: {e}"));
+            return v;
+        }
+    };
+    let ex = expectations(run, pos);
+    let infos = img.zones(0, cfg.zones);
+    let (open, active) = img.counts();
+    let closed = infos
+        .iter()
+        .filter(|i| i.state == ZoneState::Closed)
+        .count() as u32;
+    if open != 0 {
+        v.violations
+            .push(format!("open-zones-after-open: {open} zones counted open"));
+    }
+    if active != closed {
+        v.violations.push(format!(
+            "active-count-mismatch: {active} counted active, {closed} zones Closed"
+        ));
+    }
+    if cfg.max_active != 0 && active > cfg.max_active {
+        v.over_active = true;
+    }
+    for i in &infos {
+        let z = i.index;
+        let start = zone_start(cfg, z);
+        let win = (run.hwm[z as usize].div_ceil(cfg.cluster) * cfg.cluster).min(cfg.zone_size);
+        let data = if i.state == ZoneState::Offline || win == 0 {
+            None
+        } else {
+            match io_read(&img, start, win as usize) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    v.violations.push(format!("read-failed: zone {z}: {e}"));
+                    continue;
+                }
+            }
+        };
+        let o = Outcome {
+            info: *i,
+            data: data.as_deref(),
+            zde: img.zde(z),
+        };
+        if let Err(e) = check_zone(run, z, &ex, &o) {
+            v.violations.push(e);
+        }
+        if clean {
+            let want = &ex.post[z as usize];
+            let want_state = if is_opened(want.state) {
+                ZoneState::Closed
+            } else {
+                want.state
+            };
+            if i.wp != want.wp || i.state != want_state || i.attrs.bits() != want.attrs {
+                v.violations.push(format!(
+                    "clean-shutdown-lost-state: zone {z}: {:?} wp 0x{:x} attrs 0x{:02x}, expected {:?} wp 0x{:x} attrs 0x{:02x}",
+                    i.state, i.wp, i.attrs.bits(), want_state, want.wp, want.attrs
+                ));
+            }
+        }
+    }
+    if v.violations.is_empty() {
+        if let Err(e) = use_recovered(&img, &st, cfg, rng) {
+            v.violations.push(format!("recovered-image-unusable: {e}"));
+        }
+    }
+    drop(img);
+    v
+}
+
+/// The recovered image must keep working: write at a write pointer, read it back, finish
+/// the zone, and stay free of corruption.
+fn use_recovered(
+    img: &ZonedImage,
+    st: &MemStorage,
+    cfg: &Config,
+    rng: &mut Rng,
+) -> Result<(), String> {
+    let infos = img.zones(0, cfg.zones);
+    let mut done = 0;
+    for i in infos {
+        if done == 2 || !matches!(i.state, ZoneState::Empty | ZoneState::Closed) {
+            continue;
+        }
+        let room = i.start + cfg.capacity - i.wp;
+        let len = room.min(4 * KIB + 512 * rng.below(8)) as usize;
+        if len < 512 {
+            continue;
+        }
+        let data = rng.bytes(len);
+        match img.write(i.wp, &[IoSlice::new(&data)], false) {
+            Ok(()) => {}
+            Err(Error::Zone(_)) => continue,
+            Err(e) => return Err(format!("write at zone {} wp: {e}", i.index)),
+        }
+        done += 1;
+        let back = io_read(img, i.wp, len).map_err(|e| format!("read back: {e}"))?;
+        if back != data {
+            return Err(format!(
+                "zone {}: data written after recovery reads back wrong",
+                i.index
+            ));
+        }
+        let end = i.wp + len as u64;
+        let tail = (i.start + cfg.zone_size - end).min(2 * cfg.cluster) as usize;
+        if done == 1 {
+            img.zone_action(Some(i.index), ZoneAction::Finish)
+                .map_err(|e| format!("finish zone {}: {e}", i.index))?;
+            let z = io_read(img, end, tail).map_err(|e| format!("read after finish: {e}"))?;
+            if let Some(k) = z.iter().position(|&b| b != 0) {
+                return Err(format!(
+                    "zone {}: byte 0x{:x} above the old wp is not zero after Finish",
+                    i.index,
+                    end + k as u64
+                ));
+            }
+        }
+    }
+    img.flush().map_err(|e| format!("flush: {e}"))?;
+    let rep = check_image(st).map_err(|e| format!("check after use: {e}"))?;
+    if rep.corruptions > 0 {
+        return Err(format!("check after use: {:?}", rep.messages.first()));
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------ exploring a run
+
+#[derive(Default)]
+struct Stats {
+    states: u64,
+    violating: u64,
+    leaky: u64,
+    over_active: u64,
+    rules: BTreeMap<String, u64>,
+    reports: Vec<String>,
+    /// Successful steps per kind, to make sure the workloads exercise everything.
+    kinds: BTreeMap<String, u64>,
+}
+
+impl Stats {
+    fn add_run_kinds(&mut self, run: &Run) {
+        for s in &run.steps {
+            if s.desc.contains("refused") || s.desc.contains("failed") {
+                continue;
+            }
+            let kind = s
+                .desc
+                .split(" zone")
+                .next()
+                .unwrap_or("")
+                .split(" all")
+                .next()
+                .unwrap_or("")
+                .to_string();
+            *self.kinds.entry(kind).or_default() += 1;
+        }
+    }
+}
+
+struct Budget {
+    /// Percentage of sync windows explored.
+    window_pct: u64,
+    /// Crash states per explored window (with pending writes).
+    variants: usize,
+    /// Shrink failing states to a minimal set of pending pieces.
+    minimize: bool,
+}
+
+fn build(durable: &[u8], ops: &[Op], pieces: &[Piece]) -> Vec<u8> {
+    let mut img = durable.to_vec();
+    for p in pieces {
+        apply_piece(&mut img, ops, p);
+    }
+    img
+}
+
+fn describe_piece(ops: &[Op], p: &Piece) -> String {
+    match &ops[p.op] {
+        Op::Write { off, data } if p.from == 0 && p.to == data.len() => {
+            format!("op {} write 0x{:x}+{}", p.op, off, data.len())
+        }
+        Op::Write { off, .. } => format!(
+            "op {} write 0x{:x}+{} (torn piece)",
+            p.op,
+            off + p.from as u64,
+            p.to - p.from
+        ),
+        Op::SetLen(l) => format!("op {} set_len {l}", p.op),
+        Op::Sync => format!("op {} sync", p.op),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn explore_window(
+    run: &Run,
+    durable: &[u8],
+    pending: &[usize],
+    pos: usize,
+    end: bool,
+    rng: &mut Rng,
+    budget: &Budget,
+    stats: &mut Stats,
+) {
+    let mut variants = vec![Variant::None];
+    if !pending.is_empty() {
+        variants.push(Variant::All);
+        while variants.len() < budget.variants {
+            variants.push(VARIANTS[2 + rng.below(4) as usize]);
+        }
+        variants.truncate(budget.variants.max(1));
+    }
+    for var in variants {
+        let pieces = choose_pieces(rng, &run.ops, pending, var);
+        let clean = end && var == Variant::None;
+        let mut crng = rng.clone();
+        let v = check_state(
+            run,
+            pos,
+            build(durable, &run.ops, &pieces),
+            clean,
+            &mut crng,
+        );
+        rng.next();
+        stats.states += 1;
+        stats.leaky += u64::from(v.leaks);
+        stats.over_active += u64::from(v.over_active);
+        if v.violations.is_empty() {
+            continue;
+        }
+        stats.violating += 1;
+        for m in &v.violations {
+            let rule = m.split(':').next().unwrap_or("").to_string();
+            let rule = if rule.starts_with("zone ") {
+                m.split(": ").nth(1).unwrap_or("").to_string()
+            } else {
+                rule
+            };
+            *stats.rules.entry(rule).or_default() += 1;
+        }
+        if stats.reports.len() >= 8 {
+            continue;
+        }
+        let mut pieces = pieces;
+        let mut first = v.violations[0].clone();
+        if budget.minimize {
+            let mut i = 0;
+            let mut tries = 0;
+            while i < pieces.len() && tries < 300 {
+                tries += 1;
+                let mut fewer = pieces.clone();
+                fewer.remove(i);
+                let mut crng = rng.clone();
+                let w = check_state(run, pos, build(durable, &run.ops, &fewer), clean, &mut crng);
+                if w.violations.is_empty() {
+                    i += 1;
+                } else {
+                    first = w.violations[0].clone();
+                    pieces = fewer;
+                }
+            }
+        }
+        let ex = expectations(run, pos);
+        let step = match ex.inflight {
+            Some(j) => format!("during step {j} ({})", run.steps[j].desc),
+            None => {
+                let k = run.steps.partition_point(|s| s.end <= pos);
+                format!("after step {} (all issued ops done)", k.saturating_sub(1))
+            }
+        };
+        let on_disk: Vec<String> = pieces.iter().map(|p| describe_piece(&run.ops, p)).collect();
+        stats.reports.push(format!(
+            "seed {} config {} crash at op {pos} of {} {step}; {:?} variant, pending ops {:?}, on disk of them: [{}]: {first}",
+            run.seed,
+            run.cfg.name,
+            run.ops.len(),
+            var,
+            pending.first().zip(pending.last()),
+            on_disk.join(", ")
+        ));
+    }
+}
+
+fn explore_run(run: &Run, seed: u64, budget: &Budget, stats: &mut Stats) {
+    let mut rng = Rng::new(seed ^ 0xC0FFEE);
+    let mut durable = run.base.clone();
+    let mut pending: Vec<usize> = Vec::new();
+    for (i, op) in run.ops.iter().enumerate() {
+        if let Op::Sync = op {
+            if rng.chance(budget.window_pct) {
+                explore_window(run, &durable, &pending, i, false, &mut rng, budget, stats);
+            }
+            for &p in &pending {
+                apply_op(&mut durable, &run.ops[p]);
+            }
+            pending.clear();
+        } else {
+            pending.push(i);
+        }
+    }
+    explore_window(
+        run,
+        &durable,
+        &pending,
+        run.ops.len(),
+        true,
+        &mut rng,
+        budget,
+        stats,
+    );
+    for e in &run.live_errors {
+        stats.violating += 1;
+        *stats.rules.entry("live-model-mismatch".into()).or_default() += 1;
+        if stats.reports.len() < 8 {
+            stats.reports.push(format!(
+                "seed {} config {}: live image disagrees with the model: {e}",
+                run.seed, run.cfg.name
+            ));
+        }
+    }
+}
+
+fn soak() -> bool {
+    std::env::var("ZNSD_SOAK").is_ok_and(|v| v == "1")
+}
+
+// ------------------------------------------------------------------ tests
+
+#[test]
+fn crash_states_keep_the_durability_contract() {
+    let t0 = Instant::now();
+    let (seeds, nsteps, budget) = if soak() {
+        (
+            4u64,
+            70usize,
+            Budget {
+                window_pct: 100,
+                variants: 6,
+                minimize: true,
+            },
+        )
+    } else {
+        (
+            1u64,
+            45usize,
+            Budget {
+                window_pct: 45,
+                variants: 4,
+                minimize: true,
+            },
+        )
+    };
+    let mut stats = Stats::default();
+    for (ci, cfg) in CONFIGS.iter().enumerate() {
+        for s in 0..seeds {
+            let seed = 0x5EED_0000 + (ci as u64) * 100 + s;
+            let before = stats.states;
+            let run = run_random(*cfg, seed, nsteps);
+            stats.add_run_kinds(&run);
+            explore_run(&run, seed, &budget, &mut stats);
+            println!(
+                "crash-explorer: config {} seed {seed:#x}: {} steps, {} ops, {} states",
+                cfg.name,
+                run.steps.len(),
+                run.ops.len(),
+                stats.states - before
+            );
+        }
+    }
+    println!(
+        "crash-explorer: {} states explored, {} violations ({:.1}s; {} states with leaked clusters, {} with more Closed zones than max_active)",
+        stats.states,
+        stats.violating,
+        t0.elapsed().as_secs_f64(),
+        stats.leaky,
+        stats.over_active
+    );
+    println!("crash-explorer: steps executed by kind: {:?}", stats.kinds);
+    for r in &stats.reports {
+        println!("VIOLATION {r}");
+    }
+    if !stats.rules.is_empty() {
+        println!("crash-explorer: violations by rule: {:?}", stats.rules);
+    }
+    // The sample must exercise every kind of step, or it proves little.
+    for kind in [
+        "write",
+        "write fua",
+        "append",
+        "write_zeroes",
+        "flush",
+        "Open",
+        "Close",
+        "Finish",
+        "Reset",
+        "set_zde",
+        "force",
+    ] {
+        assert!(
+            stats.kinds.get(kind).copied().unwrap_or(0) > 0,
+            "no successful '{kind}' step in the workloads: {:?}",
+            stats.kinds
+        );
+    }
+    let min = if soak() { 10_000 } else { 500 };
+    assert!(stats.states >= min, "only {} states explored", stats.states);
+    assert_eq!(
+        stats.violating, 0,
+        "crash states violate the durability contract"
+    );
+}
+
+/// Two flushed writes to zone 0, then a third one left in the cache.
+fn small_script() -> Vec<Action> {
+    vec![
+        Action::Write {
+            zone: 0,
+            len: 8 * KIB,
+            fua: false,
+        },
+        Action::Flush,
+        Action::Write {
+            zone: 0,
+            len: 6 * KIB,
+            fua: false,
+        },
+        Action::Flush,
+        Action::Write {
+            zone: 0,
+            len: 4 * KIB,
+            fua: false,
+        },
+    ]
+}
+
+fn explore_all(run: &Run) -> Stats {
+    let mut stats = Stats::default();
+    let budget = Budget {
+        window_pct: 100,
+        variants: 6,
+        minimize: false,
+    };
+    explore_run(run, run.seed, &budget, &mut stats);
+    stats
+}
+
+#[test]
+fn checker_accepts_a_correct_storage_on_the_small_script() {
+    let run = run_script(CONFIGS[0], 1, &small_script(), Fault::None);
+    let stats = explore_all(&run);
+    assert!(stats.states > 5, "{} states", stats.states);
+    assert_eq!(stats.violating, 0, "{:#?}", stats.reports);
+}
+
+#[test]
+fn checker_reports_a_synced_write_that_never_reached_the_disk() {
+    // The first data write (8 KiB) is acknowledged, synced, and lost: the flushed write
+    // pointer then covers bytes that are not there.
+    let fault = Fault::DropWrite {
+        nth: 0,
+        min_len: 4096,
+    };
+    let run = run_script(CONFIGS[0], 1, &small_script(), fault);
+    let stats = explore_all(&run);
+    println!("dropped write: {} states, {:?}", stats.states, stats.rules);
+    assert!(stats.violating > 0, "a lost synced write went unnoticed");
+    assert!(
+        stats.rules.contains_key("data-mismatch-below-wp"),
+        "{:?}",
+        stats.rules
+    );
+}
+
+#[test]
+fn checker_reports_a_write_reordered_across_a_sync() {
+    // Every sync leaves the first write issued before it pending: the zone word can reach
+    // the disk before the data it covers.
+    let run = run_script(CONFIGS[0], 1, &small_script(), Fault::DeferAcrossSync);
+    let stats = explore_all(&run);
+    println!(
+        "reordered write: {} states, {:?}",
+        stats.states, stats.rules
+    );
+    assert!(
+        stats.violating > 0,
+        "a write reordered across a sync went unnoticed"
+    );
+}
+
+#[test]
+fn checker_reports_a_lost_reset() {
+    // The model believes a reset completed; the image never got it (all its writes are
+    // dropped by a storage that loses every write after the first flush).
+    let script = vec![
+        Action::Write {
+            zone: 1,
+            len: 12 * KIB,
+            fua: true,
+        },
+        Action::Mgmt {
+            zone: Some(1),
+            action: ZoneAction::Reset,
+        },
+    ];
+    let mut run = run_script(CONFIGS[0], 2, &script, Fault::None);
+    // Pretend the storage lost everything the reset and the close wrote.
+    let reset_start = run.steps[run.steps.len() - 2].start;
+    run.ops.truncate(reset_start);
+    for s in run.steps.iter_mut() {
+        s.start = s.start.min(reset_start);
+        s.end = s.end.min(reset_start);
+    }
+    let stats = explore_all(&run);
+    println!("lost reset: {} states, {:?}", stats.states, stats.rules);
+    assert!(stats.violating > 0, "a lost reset went unnoticed");
+}
