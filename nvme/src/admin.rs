@@ -103,16 +103,16 @@ impl Ctrl {
                 ien,
                 iv,
                 base,
-            } => self.create_cq(qid, size, pc, ien, iv, base).into(),
+            } => self.create_cq(env, qid, size, pc, ien, iv, base).into(),
             AdminCmd::CreateSq {
                 qid,
                 size,
                 pc,
                 cqid,
                 base,
-            } => self.create_sq(qid, size, pc, cqid, base).into(),
-            AdminCmd::DeleteSq { qid } => self.delete_sq(qid).into(),
-            AdminCmd::DeleteCq { qid } => self.delete_cq(qid).into(),
+            } => self.create_sq(env, qid, size, pc, cqid, base).into(),
+            AdminCmd::DeleteSq { qid } => self.delete_sq(env, qid).into(),
+            AdminCmd::DeleteCq { qid } => self.delete_cq(env, qid).into(),
             AdminCmd::SetFeatures { fid, sv, dw11, .. } => {
                 match self.set_features(&mut admin.features, fid, sv, dw11) {
                     Ok(dw0) => Outcome::ok(dw0),
@@ -160,8 +160,10 @@ impl Ctrl {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn create_cq(
         &self,
+        env: &HostEnv<'_>,
         qid: u16,
         size: u32,
         pc: bool,
@@ -202,6 +204,7 @@ impl Ctrl {
             );
         }
         self.check_entry_sizes(true)?;
+        env.doorbells.clear_cq_head(qid);
         io.cqs[usize::from(qid)] = Some(Arc::new(Mutex::new(CompQueue::new(
             qid, base, size, ien, iv,
         ))));
@@ -209,7 +212,15 @@ impl Ctrl {
         Ok(())
     }
 
-    fn create_sq(&self, qid: u16, size: u32, pc: bool, cqid: u16, base: u64) -> Result<(), Status> {
+    fn create_sq(
+        &self,
+        env: &HostEnv<'_>,
+        qid: u16,
+        size: u32,
+        pc: bool,
+        cqid: u16,
+        base: u64,
+    ) -> Result<(), Status> {
         let mut io = self.io_write();
         let reject = |st: Status, reason: &str| {
             tracing::debug!(qid, size, cqid, base, reason, "create SQ rejected");
@@ -242,12 +253,15 @@ impl Ctrl {
         }
         self.check_entry_sizes(false)?;
         lock(&cq).sq_count += 1;
-        io.sqs[usize::from(qid)] = Some(Arc::new(Mutex::new(SubQueue::new(qid, base, size, cqid))));
+        env.doorbells.clear_sq_tail(qid);
+        let mut sq = SubQueue::new(qid, base, size, cqid);
+        sq.set_stale_tail(env.doorbells.sq_tail(qid));
+        io.sqs[usize::from(qid)] = Some(Arc::new(Mutex::new(sq)));
         tracing::debug!(qid, size, cqid, "I/O SQ created");
         Ok(())
     }
 
-    fn delete_sq(&self, qid: u16) -> Result<(), Status> {
+    fn delete_sq(&self, env: &HostEnv<'_>, qid: u16) -> Result<(), Status> {
         let mut io = self.io_write();
         let Some(slot) = io.sqs.get_mut(usize::from(qid)).filter(|_| qid != 0) else {
             tracing::debug!(qid, reason = "no such SQ", "delete SQ rejected");
@@ -262,11 +276,12 @@ impl Ctrl {
             let mut cq = lock(cq);
             cq.sq_count = cq.sq_count.saturating_sub(1);
         }
+        env.doorbells.clear_sq_tail(qid);
         tracing::debug!(qid, "I/O SQ deleted");
         Ok(())
     }
 
-    fn delete_cq(&self, qid: u16) -> Result<(), Status> {
+    fn delete_cq(&self, env: &HostEnv<'_>, qid: u16) -> Result<(), Status> {
         let mut io = self.io_write();
         let Some(Some(cq)) = io.cqs.get(usize::from(qid)).filter(|_| qid != 0) else {
             tracing::debug!(qid, reason = "no such CQ", "delete CQ rejected");
@@ -281,6 +296,7 @@ impl Ctrl {
             return Err(Status::INVALID_QUEUE_DELETION);
         }
         io.cqs[usize::from(qid)] = None;
+        env.doorbells.clear_cq_head(qid);
         tracing::debug!(qid, "I/O CQ deleted");
         Ok(())
     }

@@ -501,7 +501,7 @@ impl Ctrl {
         &self,
         env: &HostEnv<'_>,
         cq: &Mutex<CompQueue>,
-        sq: &SubQueue,
+        sqhd: u32,
         cid: u16,
         ev: AsyncEvent,
     ) -> bool {
@@ -514,7 +514,7 @@ impl Ctrl {
         let cqe = Cqe {
             dw0: ev.dw0.into(),
             dw1: ev.dw1.into(),
-            sqhd: ((sq.head & 0xFFFF) as u16).into(),
+            sqhd: ((sqhd & 0xFFFF) as u16).into(),
             sqid: 0.into(),
             cid: cid.into(),
             status: 0.into(),
@@ -570,7 +570,16 @@ impl Ctrl {
             }
             out
         });
-        // Deliver queued events to outstanding AERs.
+        // A reset cannot have run meanwhile: it needs the admin lock we hold.
+        admin.sq = Some(sq_q);
+        done + self.deliver_events(env, &mut admin)
+    }
+
+    /// Complete outstanding AERs with queued events (admin lock held).
+    fn deliver_events(&self, env: &HostEnv<'_>, admin: &mut AdminState) -> usize {
+        let (Some(sqhd), Some(cq)) = (admin.sq.as_ref().map(|s| s.head), admin.cq.clone()) else {
+            return 0;
+        };
         let mut delivered = 0;
         while !admin.aers.is_empty() && !self.halted.load(Ordering::Acquire) {
             let Some(ev) = lock(&self.events).queue.front().copied() else {
@@ -579,7 +588,7 @@ impl Ctrl {
             let Some(&cid) = admin.aers.front() else {
                 break;
             };
-            if !self.post_late(env, &cq_arc, &sq_q, cid, ev) {
+            if !self.post_late(env, &cq, sqhd, cid, ev) {
                 break;
             }
             admin.aers.pop_front();
@@ -587,10 +596,9 @@ impl Ctrl {
             events.queue.pop_front();
             events.masked |= 1 << (ev.dw0 & 0x7);
             delivered += 1;
+            tracing::debug!(cid, dw0 = ev.dw0, "asynchronous event reported");
         }
-        // A reset cannot have run meanwhile: it needs the admin lock we hold.
-        admin.sq = Some(sq_q);
-        done + delivered
+        delivered
     }
 
     pub fn process_io(&self, env: &HostEnv<'_>, poller: usize, pollers: usize) -> usize {
@@ -615,6 +623,16 @@ impl Ctrl {
             done += self.drain(env, &mut sq, &cq, IO_BUDGET, &mut |sqe| {
                 self.exec_io(env, sqe, IoCmd::decode(sqe, css))
             });
+        }
+        drop(io);
+        // Events raised here (invalid doorbell values) go to a waiting AER now, unless the
+        // admin side is busy; it delivers them at the end of its next pass anyway.
+        if !lock(&self.events).queue.is_empty() {
+            if let Ok(mut admin) = self.admin.try_lock() {
+                if self.running() {
+                    self.deliver_events(env, &mut admin);
+                }
+            }
         }
         done
     }

@@ -74,6 +74,18 @@ pub trait Doorbells: Send + Sync {
     fn cq_head(&self, qid: u16) -> u32;
     /// Clear every doorbell (on controller enable/reset).
     fn clear(&self);
+    /// Zero SQ `qid`'s tail doorbell. Called when an I/O SQ is created (before its completion
+    /// is posted) and deleted: a doorbell page outlives queues, and a tail left by a deleted
+    /// queue must not look like new submissions. The default does nothing; the controller
+    /// then ignores a stale tail until its value changes.
+    fn clear_sq_tail(&self, qid: u16) {
+        let _ = qid;
+    }
+    /// Zero CQ `qid`'s head doorbell (I/O CQ created or deleted). The default does nothing;
+    /// a stale head is then rejected as invalid until the host writes a valid one.
+    fn clear_cq_head(&self, qid: u16) {
+        let _ = qid;
+    }
 }
 
 /// Interrupt delivery.

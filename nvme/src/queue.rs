@@ -33,6 +33,9 @@ pub struct SubQueue {
     pub cqid: u16,
     /// Last invalid tail doorbell reported (to log each bad value once).
     bad_tail: Option<u32>,
+    /// Tail doorbell value found when the queue was created: left by an earlier queue with
+    /// this id, so it means "nothing submitted" until the host writes another value.
+    stale_tail: Option<u32>,
 }
 
 impl SubQueue {
@@ -45,12 +48,24 @@ impl SubQueue {
             head: 0,
             cqid,
             bad_tail: None,
+            stale_tail: None,
         }
+    }
+
+    /// Record the doorbell value seen at creation (non-zero = stale).
+    pub fn set_stale_tail(&mut self, tail: u32) {
+        self.stale_tail = (tail != 0).then_some(tail);
     }
 
     /// Number of SQEs pending given the tail doorbell, or None if the doorbell value is invalid
     /// (beyond the queue size): such a write is ignored.
     pub fn pending(&mut self, tail: u32) -> Option<u32> {
+        if let Some(stale) = self.stale_tail {
+            if tail == stale {
+                return Some(0);
+            }
+            self.stale_tail = None;
+        }
         if tail >= self.size {
             if self.bad_tail != Some(tail) {
                 tracing::debug!(
@@ -212,6 +227,21 @@ mod tests {
         assert_eq!(sq.pending(u32::MAX), None);
         sq.head = 3;
         assert_eq!(sq.pending(1), Some(2));
+    }
+
+    #[test]
+    fn stale_tail_ignored_until_changed() {
+        let mut sq = SubQueue::new(1, 0x1000, 4, 1);
+        sq.set_stale_tail(3);
+        assert_eq!(sq.pending(3), Some(0));
+        assert_eq!(sq.pending(1), Some(1));
+        assert_eq!(
+            sq.pending(3),
+            Some(3),
+            "once changed, values are taken as they are"
+        );
+        sq.set_stale_tail(0);
+        assert_eq!(sq.pending(2), Some(2));
     }
 
     #[test]

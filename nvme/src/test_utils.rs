@@ -146,6 +146,12 @@ impl Doorbells for FakeDoorbells {
             .get(usize::from(qid) * 2 + 1)
             .map_or(0, |v| v.load(Ordering::Acquire))
     }
+    fn clear_sq_tail(&self, qid: u16) {
+        self.set_sq_tail(qid, 0);
+    }
+    fn clear_cq_head(&self, qid: u16) {
+        self.set_cq_head(qid, 0);
+    }
     fn clear(&self) {
         self.clears.fetch_add(1, Ordering::Relaxed);
         for v in &self.values {
