@@ -560,4 +560,74 @@ mod tests {
             Err(Status::DATA_TRANSFER)
         );
     }
+
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Reference model: the bytes each data page contributes, in order.
+        fn expected(prp1: u64, pages: &[u64], len: u64) -> Vec<(u64, u64)> {
+            let mut out = Vec::new();
+            let first = (PAGE - prp1 % PAGE).min(len);
+            push(&mut out, prp1, first);
+            let mut left = len - first;
+            for &p in pages {
+                if left == 0 {
+                    break;
+                }
+                let n = left.min(PAGE);
+                push(&mut out, p, n);
+                left -= n;
+            }
+            out
+        }
+
+        proptest! {
+            #[test]
+            fn prp_walk_matches_model(
+                off in (0u64..1024).prop_map(|d| d * 4),
+                len in 1u64..(1100 * PAGE),
+                list_off in (0u64..512).prop_map(|q| q * 8),
+                shuffle in any::<u64>(),
+            ) {
+                let mem = FakeMemory::new(16 << 20);
+                let data_pages = (len + off).div_ceil(PAGE) - 1;
+                // Data pages scattered in a 8 MiB window (deterministic permutation).
+                let pages: Vec<u64> = (0..data_pages)
+                    .map(|i| 0x80_0000 + ((i * 7919 + shuffle % 2048) % 2048) * PAGE)
+                    .collect();
+                let prp1 = 0x10_0000 + off;
+                let prp2 = if data_pages == 0 {
+                    0
+                } else if data_pages == 1 {
+                    pages[0]
+                } else {
+                    // Build lists from 0x20_0000 on, the first starting at `list_off`.
+                    let mut list = 0x20_0000 + list_off;
+                    let start = list;
+                    let mut idx = 0usize;
+                    let mut next_page = 0x20_0000 + PAGE;
+                    loop {
+                        let slots = ((PAGE - list % PAGE) / 8) as usize;
+                        let left = pages.len() - idx;
+                        let mut bytes = Vec::new();
+                        if left <= slots {
+                            for p in &pages[idx..] { bytes.extend_from_slice(&p.to_le_bytes()); }
+                            mem.write(list, &bytes).unwrap();
+                            break;
+                        }
+                        for p in &pages[idx..idx + slots - 1] { bytes.extend_from_slice(&p.to_le_bytes()); }
+                        bytes.extend_from_slice(&next_page.to_le_bytes());
+                        mem.write(list, &bytes).unwrap();
+                        idx += slots - 1;
+                        list = next_page;
+                        next_page += PAGE;
+                    }
+                    start
+                };
+                let got = map_prp(&mem, prp1, prp2, len, PAGE).unwrap();
+                prop_assert_eq!(got, expected(prp1, &pages, len));
+            }
+        }
+    }
 }

@@ -314,14 +314,30 @@ impl Ctrl {
         if r.slba >= self.geo.nsze {
             return Err(Status::LBA_RANGE);
         }
-        let ranges = prp::map(env.mem, r.dptr, r.len, self.page())?;
-        let buf = self.build_report(r, extended);
+        // Never build (or transfer) more than the zones from SLBA to the end can fill.
+        let dsize = 64
+            + if extended {
+                u64::from(self.geo.zdes_bytes)
+            } else {
+                0
+            };
+        let zones_left = u64::from(self.geo.nr_zones - self.geo.zone_of(r.slba));
+        let len = r.len.min(64 + zones_left * dsize);
+        let ranges = prp::map(env.mem, r.dptr, len, self.page())?;
+        let buf = self.build_report(r.slba, r.zrasf, r.partial, len, extended);
         prp::copy_to_guest(env.mem, &ranges, &buf)
     }
 
-    /// Build the report buffer (`r.len` bytes).
-    fn build_report(&self, r: ZoneRecv, extended: bool) -> Vec<u8> {
-        let len = usize::try_from(r.len).unwrap_or(usize::MAX);
+    /// Build a report buffer of `len` bytes starting with the zone holding `slba`.
+    fn build_report(
+        &self,
+        slba: u64,
+        zrasf: u8,
+        partial: bool,
+        len: u64,
+        extended: bool,
+    ) -> Vec<u8> {
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
         let ext = if extended {
             self.geo.zdes_bytes as usize
         } else {
@@ -332,7 +348,7 @@ impl Ctrl {
         let mut buf = vec![0u8; len];
         let mut returned = 0usize;
         let mut matching = 0u64;
-        let mut idx = self.geo.zone_of(r.slba);
+        let mut idx = self.geo.zone_of(slba);
         'outer: while idx < self.geo.nr_zones {
             let zones = self.ns.zones(idx, REPORT_CHUNK);
             if zones.is_empty() {
@@ -340,7 +356,7 @@ impl Ctrl {
             }
             idx += u32::try_from(zones.len()).unwrap_or(REPORT_CHUNK);
             for z in &zones {
-                if !filter_matches(r.zrasf, z.state) {
+                if !filter_matches(zrasf, z.state) {
                     continue;
                 }
                 matching += 1;
@@ -353,12 +369,12 @@ impl Ctrl {
                         buf[at + 64..at + 64 + n].copy_from_slice(&data[..n]);
                     }
                     returned += 1;
-                } else if r.partial {
+                } else if partial {
                     break 'outer;
                 }
             }
         }
-        let nr = if r.partial { returned as u64 } else { matching };
+        let nr = if partial { returned as u64 } else { matching };
         let mut hdr = ZoneReportHeader::new_zeroed();
         hdr.nr_zones = nr.into();
         buf[..64].copy_from_slice(hdr.as_bytes());

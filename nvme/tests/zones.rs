@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use nvme::test_utils::{parse_report, Command, ReportedZone};
-use nvme::Status;
+use nvme::{GuestMemory, Status};
 use qcow2zoned::ZoneState;
 
 const CLOSE: u8 = 1;
@@ -606,4 +606,35 @@ fn zones_512_byte_lbas() {
         Status::INVALID_FIELD
     );
     assert_eq!(d.zone_send(1, zl, RESET, false).status, Status::SUCCESS);
+}
+
+#[test]
+fn huge_report_buffer_without_mdts_is_bounded() {
+    let cfg = nvme::ControllerConfig {
+        mdts: 0,
+        ..Default::default()
+    };
+    let mut r = rig_with(Geo::default(), cfg);
+    let d = &mut r.d;
+    let (_, id) = d.identify(0x01, 0, 0);
+    assert_eq!(id[77], 0, "MDTS unlimited");
+    // NUMD = 0xFFFFFFFF (16 GiB) with a 4 KiB buffer: only 64 + 16 × 64 bytes are written.
+    let buf = d.alloc(8192);
+    d.host.mem.write(buf + 64 + 16 * 64, &[0xAA; 16]).unwrap();
+    let c = d.run(
+        1,
+        Command::zone_recv(0, 4, 0, 0, false)
+            .cdw(12, u32::MAX)
+            .dptr(buf, 0),
+    );
+    assert_eq!(c.status, Status::SUCCESS);
+    let mut out = vec![0u8; 64 + 16 * 64 + 16];
+    d.host.mem.read(buf, &mut out).unwrap();
+    let (nr, zs) = parse_report(&out[..64 + 16 * 64], 0, 16);
+    assert_eq!((nr, zs[15].zslba), (16, 15 * ZL));
+    assert_eq!(
+        &out[64 + 16 * 64..],
+        &[0xAA; 16],
+        "nothing written past the last descriptor"
+    );
 }
