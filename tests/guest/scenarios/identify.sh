@@ -36,7 +36,7 @@ expect_true "serial number '$sn' is not empty" [ -n "$sn" ]
 mn=$(echo "$idc" | field mn)
 expect_true "model number '$mn' is not empty" [ -n "$mn" ]
 if [ -n "${ZNS_EXPECT_MN:-}" ]; then
-    case $mn in *"$ZNS_EXPECT_MN"*) ok "mn contains $ZNS_EXPECT_MN" ;; *) fail "mn '$mn' lacks '$ZNS_EXPECT_MN'" ;; esac
+    case $mn in *"$ZNS_EXPECT_MN"*) ok "model number contains '$ZNS_EXPECT_MN'" ;; *) fail "model number '$mn' does not contain '$ZNS_EXPECT_MN'" ;; esac
 fi
 ver=$(echo "$idc" | field ver)
 expect_true "version $ver is 1.4 or later (ZNS needs it)" [ "$((ver))" -ge $((0x10400)) ]

@@ -9,6 +9,10 @@
 # READONLY OFFLINE); attrs: the zone attribute byte (bit 7 = descriptor
 # extension valid). Without the file every zone is expected Empty.
 #
+# ZNS_PERSISTED=1: the zones come from zone-mgmt.sh's run before a restart
+# of the controller; its data (zone 1) and descriptor extension (zone 3)
+# must have survived too.
+#
 # Then (unless ZNS_REPORT_MIXED=0) it builds a mix of zone states itself,
 # checks the reports again, and resets everything.
 SCENARIO=report
@@ -113,6 +117,25 @@ fi
 echo "--- reports against the expected zone list"
 nvme zns report-zones "$DEV" -d 8 -v | grep -v '^Attrs' || true
 compare /tmp/expected initial
+
+if [ "${ZNS_PERSISTED:-0}" = 1 ]; then
+    echo "--- data and descriptor extension written before the restart"
+    mkblock /tmp/p3 3 persist
+    rm -f /tmp/rb # nvme-cli does not truncate its output file
+    if nvme read "$DEV" -s "$(slba 1)" -c 2 -z $((3 * LBA)) -d /tmp/rb >/dev/null 2>&1 && cmp -s /tmp/rb /tmp/p3; then
+        ok "zone 1 data survived the restart"
+    else
+        fail "zone 1 data differs after the restart"
+    fi
+    if [ "$ZNS_ZDES" -gt 0 ]; then
+        if nvme zns report-zones "$DEV" -s "$(slba 3)" -d 1 -e -o json | grep -q 'zm-zde-final'; then
+            ok "zone 3 descriptor extension survived the restart"
+        else
+            fail "zone 3 descriptor extension lost after the restart"
+            nvme zns report-zones "$DEV" -s "$(slba 3)" -d 1 -e
+        fi
+    fi
+fi
 
 if [ "${ZNS_REPORT_MIXED:-1}" = 1 ]; then
     echo "--- a mix of zone states"

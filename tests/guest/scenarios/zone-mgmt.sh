@@ -88,10 +88,11 @@ expect_zone 5 EMPTY 0
 
 if [ "$ZNS_ZDES" -gt 0 ]; then
     echo "--- zone descriptor extension (zone 3)"
-    printf 'zone-mgmt-zde-1' | dd bs="$ZNS_ZDES" conv=sync 2>/dev/null >/tmp/zde
+    # Tags stay within 16 bytes: nvme-cli's JSON splits the data in 16-byte lines.
+    printf 'zm-zde-1' | dd bs="$ZNS_ZDES" conv=sync 2>/dev/null >/tmp/zde
     nvme_ok "set-zone-desc zone 3" zns set-zone-desc "$DEV" -s "$(slba 3)" -d /tmp/zde
     expect_zone 3 CLOSED 0 128
-    if nvme zns report-zones "$DEV" -s "$(slba 3)" -d 1 -e -o json | grep -q 'zone-mgmt-zde-1'; then
+    if nvme zns report-zones "$DEV" -s "$(slba 3)" -d 1 -e -o json | grep -q 'zm-zde-1'; then
         ok "extended report carries the extension data"
     else
         fail "extended report lacks the extension data of zone 3"
@@ -154,7 +155,7 @@ write_lbas "$(slba 1)" 3 /tmp/d3 || fail "write 3 LBAs at zone 1"
 zop close 1
 zop finish 2
 if [ "$ZNS_ZDES" -gt 0 ]; then
-    printf 'zone-mgmt-zde-final' | dd bs="$ZNS_ZDES" conv=sync 2>/dev/null >/tmp/zde
+    printf 'zm-zde-final' | dd bs="$ZNS_ZDES" conv=sync 2>/dev/null >/tmp/zde
     nvme_ok "set-zone-desc zone 3" zns set-zone-desc "$DEV" -s "$(slba 3)" -d /tmp/zde
 fi
 expect_zone 1 CLOSED 3
