@@ -36,6 +36,7 @@ hdr() {
 # compare EXPECTED_FILE LABEL
 compare() {
     exp=$1 label=$2
+    check "$label: zones in the expected list" "$NZONES" "$(grep -c . "$exp")"
     report_zones >/tmp/nvme.rep || fail "$label: report-zones failed"
     n_nvme=$(wc -l </tmp/nvme.rep)
     check "$label: nvme-cli zone descriptors" "$NZONES" "$n_nvme"
