@@ -305,7 +305,17 @@ impl Ctrl {
         let mut admin = lock(&self.admin);
         let mut io = self.io_write();
         let mut regs = lock(&self.regs);
+        let old_shn = regs.cc.shn();
         let action = regs.write_cc(v);
+        // A shutdown notification that comes with (or without) clearing EN still completes:
+        // the reset below flushes, and there is nothing else to quiesce.
+        let shn_raised = old_shn == 0 && regs.cc.shn() != 0 && action != CcAction::Shutdown;
+        if shn_raised && action == CcAction::None {
+            if let Err(e) = self.ns.flush() {
+                tracing::warn!(ctrl = self.id, error = %e, "flush at shutdown failed");
+            }
+            regs.csts.insert(Csts::SHST_COMPLETE);
+        }
         tracing::debug!(
             ctrl = self.id,
             cc = format_args!("{v:#x}"),
@@ -327,6 +337,9 @@ impl Ctrl {
             CcAction::Reset => {
                 drop(regs);
                 self.reset_locked(env, &mut admin, &mut io);
+                if shn_raised {
+                    lock(&self.regs).csts.insert(Csts::SHST_COMPLETE);
+                }
                 true
             }
             CcAction::Enable => {

@@ -138,15 +138,19 @@ impl Ctrl {
             );
             return Err(Status::ZONE_BOUNDARY);
         }
-        if self
-            .ns
-            .zones(first, 1)
-            .first()
-            .is_some_and(|z| z.state == ZoneState::Offline)
-        {
-            return Err(Status::ZONE_OFFLINE);
-        }
-        let ranges = prp::map(env.mem, rw.dptr, bytes, self.page())?;
+        // The image refuses offline zones itself; the snapshot is only consulted when the data
+        // pointer or the transfer fails, so Zone Is Offline still wins over those errors.
+        let offline = || {
+            self.ns
+                .zones(first, 1)
+                .first()
+                .is_some_and(|z| z.state == ZoneState::Offline)
+        };
+        let ranges = match prp::map(env.mem, rw.dptr, bytes, self.page()) {
+            Ok(r) => r,
+            Err(_) if offline() => return Err(Status::ZONE_OFFLINE),
+            Err(st) => return Err(st),
+        };
         let offset = rw.slba << self.geo.lba_shift;
         let mut img_err = None;
         let r = env
@@ -168,11 +172,19 @@ impl Ctrl {
             }
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, reason = "guest memory access failed", "data transfer error");
-                Err(Status::DATA_TRANSFER)
+                Err(if offline() {
+                    Status::ZONE_OFFLINE
+                } else {
+                    Status::DATA_TRANSFER
+                })
             }
             Err(e) => {
                 tracing::debug!(error = %e, reason = "guest memory not mapped", "data transfer error");
-                Err(Status::DATA_TRANSFER)
+                Err(if offline() {
+                    Status::ZONE_OFFLINE
+                } else {
+                    Status::DATA_TRANSFER
+                })
             }
         }
     }

@@ -2,7 +2,7 @@
 //! interrupt fakes, an SQE builder and a small synchronous "host driver" that programs the
 //! controller the way Linux does and submits commands one at a time.
 //!
-//! ```ignore
+//! ```text
 //! let mut d = Driver::new(ctrl, 64 << 20);
 //! d.init_linux();
 //! let c = d.write(1, 0, &vec![0xAB; 4096], false);

@@ -215,6 +215,14 @@ fn shutdown_notification() {
         0,
         "SHST cleared by the next enable"
     );
+    // Shutdown notification written together with EN = 0.
+    let cc = d.reg32(0x14);
+    d.set_reg32(0x14, (cc & !1) | (2 << 14));
+    assert_eq!(
+        d.reg32(0x1C) & 0xD,
+        0b1000,
+        "abrupt shutdown complete, not ready"
+    );
 }
 
 #[test]

@@ -583,6 +583,15 @@ fn zone_errors_win_over_transfer_errors() {
     assert_eq!(zone(d, 1).wp, ZL);
     let c = d.run(1, Command::rw(0x02, ZL, 1, false).dptr(0x300_0000, 0));
     assert_eq!(c.status, Status::DATA_TRANSFER);
+    // Reads of an offline zone: Zone Is Offline before transfer or PRP errors.
+    d.ctrl
+        .namespace()
+        .force_zone_state(2, ZoneState::Offline)
+        .unwrap();
+    let c = d.run(1, Command::rw(0x02, 2 * ZL, 1, false).dptr(0x300_0000, 0));
+    assert_eq!(c.status, Status::ZONE_OFFLINE);
+    let c = d.run(1, Command::rw(0x02, 2 * ZL, 1, false).dptr(0x20_0002, 0));
+    assert_eq!(c.status, Status::ZONE_OFFLINE);
 }
 
 #[test]
