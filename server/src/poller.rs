@@ -4,14 +4,18 @@
 //! Doorbells live in a shared memory page the guest writes without telling us, so pollers
 //! poll: while commands keep completing they spin; when idle they spin a little longer, then
 //! sleep with a growing interval (10 µs doubling up to [`MAX_SLEEP`]), so an idle znsd uses
-//! almost no CPU and a new doorbell is noticed within about a millisecond. While the
-//! controller is disabled they sleep longer; a register write wakes them all. A trapped doorbell
+//! almost no CPU and a new doorbell is noticed within about a millisecond. After about 10 ms
+//! without work a poller stops polling: the doorbell watcher thread ("znsd-doorbells")
+//! scans the page every millisecond and wakes the poller owning a changed doorbell, so an
+//! idle controller costs one 1 kHz thread instead of one per poller. While the controller is
+//! disabled everything sleeps longer; a register write wakes the pollers. A trapped doorbell
 //! write (REGION_WRITE) wakes the owning poller at once through its channel.
 //!
 //! Control messages (quiesce, resume, stop) travel on the same crossbeam channel; quiesce is
 //! acknowledged between two controller calls, so once every poller has acked no command is
 //! being executed by a poller until `resume`.
 
+use crate::bar;
 use crate::device::Device;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::panic::AssertUnwindSafe;
@@ -28,6 +32,11 @@ const SPIN_ROUNDS: u32 = 64;
 const MIN_SLEEP: Duration = Duration::from_micros(10);
 /// Idle sleep while the controller is disabled (enabling it wakes every poller at once).
 const DISABLED_SLEEP: Duration = Duration::from_millis(50);
+/// Idle rounds after which a poller leaves doorbell polling to the watcher (about 10 ms of
+/// 1 ms sleeps after the backoff).
+const DEEP_IDLE_ROUNDS: u32 = SPIN_ROUNDS + 8 + 10;
+/// Sleep of a deeply idle poller; the watcher wakes it on any doorbell change.
+const DEEP_SLEEP: Duration = Duration::from_millis(50);
 /// How long `quiesce` waits for all acks.
 const QUIESCE_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -38,16 +47,38 @@ enum Msg {
     Stop,
 }
 
-struct Handle {
+/// Sends wake-ups to one poller, coalescing them while one is pending.
+#[derive(Clone)]
+struct Waker {
     tx: Sender<Msg>,
-    wake_pending: Arc<AtomicBool>,
-    join: Option<JoinHandle<()>>,
+    pending: Arc<AtomicBool>,
 }
 
-impl Handle {
+impl Waker {
     fn wake(&self) {
-        if !self.wake_pending.swap(true, Ordering::AcqRel) {
+        if !self.pending.swap(true, Ordering::AcqRel) {
             let _ = self.tx.send(Msg::Wake);
+        }
+    }
+}
+
+/// Wakers of every poller, indexed like the queues they own.
+#[derive(Clone)]
+struct Wakers {
+    admin: Waker,
+    io: Vec<Waker>,
+}
+
+impl Wakers {
+    fn all(&self) -> impl Iterator<Item = &Waker> {
+        std::iter::once(&self.admin).chain(self.io.iter())
+    }
+
+    fn queue(&self, qid: u16) {
+        if qid == 0 {
+            self.admin.wake();
+        } else if !self.io.is_empty() {
+            self.io[usize::from(qid) % self.io.len()].wake();
         }
     }
 }
@@ -59,54 +90,63 @@ enum Role {
     Io { index: usize, count: usize },
 }
 
-/// The running pollers.
+/// The running pollers and the doorbell watcher.
 pub struct Pollers {
-    admin: Handle,
-    io: Vec<Handle>,
+    wakers: Wakers,
+    joins: Vec<JoinHandle<()>>,
+    watcher: Option<(Sender<bool>, JoinHandle<()>)>,
 }
 
 impl std::fmt::Debug for Pollers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pollers")
-            .field("io", &self.io.len())
+            .field("io", &self.wakers.io.len())
             .finish()
     }
 }
 
 impl Pollers {
-    /// Start the admin poller and `io_pollers` I/O pollers (at least one).
+    /// Start the admin poller, `io_pollers` I/O pollers (at least one) and the doorbell
+    /// watcher.
     pub fn start(dev: Arc<Device>, io_pollers: usize) -> std::io::Result<Pollers> {
         let count = io_pollers.max(1);
-        let admin = spawn(Arc::clone(&dev), Role::Admin, "znsd-admin".into())?;
+        let mut joins = Vec::with_capacity(count + 1);
+        let admin = spawn(&dev, Role::Admin, "znsd-admin".into(), &mut joins)?;
         let io = (0..count)
             .map(|index| {
                 spawn(
-                    Arc::clone(&dev),
+                    &dev,
                     Role::Io { index, count },
                     format!("znsd-io{index}"),
+                    &mut joins,
                 )
             })
             .collect::<std::io::Result<Vec<_>>>()?;
-        Ok(Pollers { admin, io })
-    }
-
-    fn all(&self) -> impl Iterator<Item = &Handle> {
-        std::iter::once(&self.admin).chain(self.io.iter())
+        let wakers = Wakers { admin, io };
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded(4);
+        let w = wakers.clone();
+        let watcher = std::thread::Builder::new()
+            .name("znsd-doorbells".into())
+            .spawn(move || watch_doorbells(&dev, &w, &stop_rx))?;
+        Ok(Pollers {
+            wakers,
+            joins,
+            watcher: Some((stop_tx, watcher)),
+        })
     }
 
     /// Wake the poller owning queue `qid` (a trapped doorbell write).
     pub fn wake_queue(&self, qid: u16) {
-        if qid == 0 {
-            self.admin.wake();
-        } else if let Some(h) = self.io.get(usize::from(qid) % self.io.len()) {
-            h.wake();
-        }
+        self.wakers.queue(qid);
     }
 
-    /// Wake every poller (queues changed).
+    /// Wake every poller and the watcher (registers or queues changed).
     pub fn wake_all(&self) {
-        for h in self.all() {
-            h.wake();
+        for w in self.wakers.all() {
+            w.wake();
+        }
+        if let Some((tx, _)) = &self.watcher {
+            let _ = tx.try_send(false);
         }
     }
 
@@ -115,8 +155,8 @@ impl Pollers {
     pub fn quiesce(&self) -> bool {
         let (ack_tx, ack_rx) = crossbeam_channel::unbounded();
         let mut n = 0;
-        for h in self.all() {
-            if h.tx.send(Msg::Quiesce(ack_tx.clone())).is_ok() {
+        for w in self.wakers.all() {
+            if w.tx.send(Msg::Quiesce(ack_tx.clone())).is_ok() {
                 n += 1;
             }
         }
@@ -132,8 +172,8 @@ impl Pollers {
 
     /// Let quiesced pollers run again.
     pub fn resume(&self) {
-        for h in self.all() {
-            let _ = h.tx.send(Msg::Resume);
+        for w in self.wakers.all() {
+            let _ = w.tx.send(Msg::Resume);
         }
     }
 
@@ -143,11 +183,15 @@ impl Pollers {
     }
 
     fn stop_all(&mut self) {
-        for h in std::iter::once(&mut self.admin).chain(self.io.iter_mut()) {
-            let _ = h.tx.send(Msg::Stop);
-            if let Some(j) = h.join.take() {
-                let _ = j.join();
-            }
+        if let Some((tx, j)) = self.watcher.take() {
+            let _ = tx.send(true);
+            let _ = j.join();
+        }
+        for w in self.wakers.all() {
+            let _ = w.tx.send(Msg::Stop);
+        }
+        for j in self.joins.drain(..) {
+            let _ = j.join();
         }
     }
 }
@@ -158,18 +202,50 @@ impl Drop for Pollers {
     }
 }
 
-fn spawn(dev: Arc<Device>, role: Role, name: String) -> std::io::Result<Handle> {
+/// Doorbell dwords in the page (SQ tail and CQ head of every queue pair).
+const DOORBELL_DWORDS: usize = (bar::DOORBELL_SIZE / 4) as usize;
+
+/// Watch the doorbell page for guest stores and wake the owning poller, so that idle
+/// pollers can sleep long: one thread polls at [`MAX_SLEEP`] instead of every poller.
+/// Messages on `ctl`: `true` stops the watcher, `false` wakes it (the controller may have
+/// been enabled).
+fn watch_doorbells(dev: &Device, wakers: &Wakers, ctl: &Receiver<bool>) {
+    let mut last = vec![0u32; DOORBELL_DWORDS];
+    loop {
+        let ready = dev.ctrl.ready();
+        let period = if ready { MAX_SLEEP } else { DISABLED_SLEEP };
+        match ctl.recv_timeout(period) {
+            Err(RecvTimeoutError::Timeout) | Ok(false) => {}
+            Ok(true) | Err(RecvTimeoutError::Disconnected) => return,
+        }
+        for (i, seen) in last.iter_mut().enumerate() {
+            let v = dev.doorbells.load(bar::DOORBELL_BASE + 4 * i as u64);
+            if v != *seen {
+                *seen = v;
+                if ready {
+                    wakers.queue(u16::try_from(i / 2).unwrap_or(u16::MAX));
+                }
+            }
+        }
+    }
+}
+
+fn spawn(
+    dev: &Arc<Device>,
+    role: Role,
+    name: String,
+    joins: &mut Vec<JoinHandle<()>>,
+) -> std::io::Result<Waker> {
     let (tx, rx) = crossbeam_channel::unbounded();
-    let wake_pending = Arc::new(AtomicBool::new(false));
-    let wp = Arc::clone(&wake_pending);
-    let join = std::thread::Builder::new()
-        .name(name)
-        .spawn(move || poll_loop(&dev, role, &rx, &wp))?;
-    Ok(Handle {
-        tx,
-        wake_pending,
-        join: Some(join),
-    })
+    let pending = Arc::new(AtomicBool::new(false));
+    let p = Arc::clone(&pending);
+    let dev = Arc::clone(dev);
+    joins.push(
+        std::thread::Builder::new()
+            .name(name)
+            .spawn(move || poll_loop(&dev, role, &rx, &p))?,
+    );
+    Ok(Waker { tx, pending })
 }
 
 /// Outcome of handling one control message.
@@ -256,10 +332,12 @@ fn poll_loop(dev: &Device, role: Role, rx: &Receiver<Msg>, wake_pending: &Atomic
             continue;
         }
         let shift = (idle - SPIN_ROUNDS).min(16);
-        let sleep = if ready {
-            MIN_SLEEP.saturating_mul(1 << shift).min(MAX_SLEEP)
-        } else {
+        let sleep = if !ready {
             DISABLED_SLEEP
+        } else if idle > DEEP_IDLE_ROUNDS {
+            DEEP_SLEEP
+        } else {
+            MIN_SLEEP.saturating_mul(1 << shift).min(MAX_SLEEP)
         };
         match rx.recv_timeout(sleep) {
             Ok(m) => {

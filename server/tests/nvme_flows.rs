@@ -297,3 +297,19 @@ fn server_restart_reopens_image_with_zones_kept() {
     assert!(c.ok());
     assert_eq!(back, data);
 }
+
+#[test]
+fn idle_pollers_wake_quickly_on_a_mapped_doorbell() {
+    let s = setup();
+    let mut h = Host::connect(&s.srv.socket, DoorbellPath::Mapped, 5);
+    h.init(1);
+    let mut best = Duration::MAX;
+    for i in 0..3u64 {
+        // Long enough for every poller to stop polling and leave it to the watcher.
+        std::thread::sleep(Duration::from_millis(120));
+        let t0 = std::time::Instant::now();
+        assert!(h.write(1, i, &pattern(8, 4096)).ok());
+        best = best.min(t0.elapsed());
+    }
+    assert!(best < Duration::from_millis(30), "wake-up took {best:?}");
+}
