@@ -30,60 +30,8 @@ pub mod zsa {
     pub const SET_ZDE: u8 = 0x10;
 }
 
-/// A submission queue entry.
-#[derive(Debug, Clone, Copy)]
-pub struct Sqe(pub [u32; 16]);
-
-impl Sqe {
-    pub fn new(opc: u8, nsid: u32) -> Self {
-        let mut d = [0u32; 16];
-        d[0] = u32::from(opc);
-        d[1] = nsid;
-        Sqe(d)
-    }
-    pub fn cdw(mut self, n: usize, v: u32) -> Self {
-        self.0[n] = v;
-        self
-    }
-    pub fn prp(mut self, prp1: u64, prp2: u64) -> Self {
-        self.0[6] = prp1 as u32;
-        self.0[7] = (prp1 >> 32) as u32;
-        self.0[8] = prp2 as u32;
-        self.0[9] = (prp2 >> 32) as u32;
-        self
-    }
-    pub fn slba(self, slba: u64) -> Self {
-        self.cdw(10, slba as u32).cdw(11, (slba >> 32) as u32)
-    }
-    /// Read/Write/Append with `nlb` blocks (1-based here).
-    pub fn rw(opc: u8, slba: u64, nlb: u32) -> Self {
-        Sqe::new(opc, 1).slba(slba).cdw(12, nlb - 1)
-    }
-    pub fn identify(cns: u8, nsid: u32, csi: u8) -> Self {
-        Sqe::new(opc::IDENTIFY, nsid)
-            .cdw(10, u32::from(cns))
-            .cdw(11, u32::from(csi) << 24)
-    }
-    pub fn zone_send(slba: u64, action: u8, all: bool) -> Self {
-        Sqe::new(opc::ZONE_SEND, 1)
-            .slba(slba)
-            .cdw(13, u32::from(action) | if all { 1 << 8 } else { 0 })
-    }
-    pub fn zone_recv(slba: u64, len: u32, zra: u8, partial: bool) -> Self {
-        Sqe::new(opc::ZONE_RECV, 1)
-            .slba(slba)
-            .cdw(12, len / 4 - 1)
-            .cdw(13, u32::from(zra) | if partial { 1 << 16 } else { 0 })
-    }
-    fn bytes(&self, cid: u16) -> [u8; 64] {
-        let mut b = [0u8; 64];
-        for (i, d) in self.0.iter().enumerate() {
-            b[i * 4..i * 4 + 4].copy_from_slice(&d.to_le_bytes());
-        }
-        b[2..4].copy_from_slice(&cid.to_le_bytes());
-        b
-    }
-}
+/// Submission queue entries come from the nvme crate's test builders.
+pub use nvme::test_utils::Command as Sqe;
 
 /// A completion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -284,7 +232,7 @@ impl Host {
         let slot = q.sq + u64::from(q.tail) * 64;
         q.tail = (q.tail + 1) % q.size;
         let tail = q.tail;
-        self.ram.write(slot, &sqe.bytes(cid));
+        self.ram.write(slot, &sqe.cid(cid).to_bytes());
         self.ring(0x1000 + 8 * u64::from(qid), tail);
         cid
     }
@@ -340,7 +288,7 @@ impl Host {
     pub fn admin_data(&mut self, sqe: Sqe, len: usize) -> (Cqe, Vec<u8>) {
         let buf = self.alloc(len as u64);
         let prp2 = if len > 4096 { buf + 4096 } else { 0 };
-        let c = self.cmd(0, sqe.prp(buf, prp2));
+        let c = self.cmd(0, sqe.dptr(buf, prp2));
         (c, self.ram.read(buf, len))
     }
 
@@ -374,12 +322,7 @@ impl Host {
         let lbaf = u32::from_le_bytes(idns[128 + 4 * flbas..132 + 4 * flbas].try_into().unwrap());
         self.lba = 1 << ((lbaf >> 16) & 0xff);
         let n = u32::from(io) - 1;
-        let c = self.cmd(
-            0,
-            Sqe::new(opc::SET_FEATURES, 0)
-                .cdw(10, 7)
-                .cdw(11, n | (n << 16)),
-        );
+        let c = self.cmd(0, Sqe::set_features(7, n | (n << 16)));
         assert!(c.ok(), "number of queues: {c:?}");
         assert!(
             c.dw0 & 0xffff >= n && c.dw0 >> 16 >= n,
@@ -396,21 +339,9 @@ impl Host {
     pub fn create_io_queue(&mut self, qid: u16, entries: u32) {
         let cq = self.alloc(u64::from(entries) * 16);
         let sq = self.alloc(u64::from(entries) * 64);
-        let c = self.cmd(
-            0,
-            Sqe::new(opc::CREATE_CQ, 0)
-                .prp(cq, 0)
-                .cdw(10, u32::from(qid) | ((entries - 1) << 16))
-                .cdw(11, 1 | 2 | (u32::from(qid) << 16)),
-        );
+        let c = self.cmd(0, Sqe::create_cq(qid, entries, cq, true, qid));
         assert!(c.ok(), "create CQ {qid}: {c:?}");
-        let c = self.cmd(
-            0,
-            Sqe::new(opc::CREATE_SQ, 0)
-                .prp(sq, 0)
-                .cdw(10, u32::from(qid) | ((entries - 1) << 16))
-                .cdw(11, 1 | (u32::from(qid) << 16)),
-        );
+        let c = self.cmd(0, Sqe::create_sq(qid, entries, sq, qid));
         assert!(c.ok(), "create SQ {qid}: {c:?}");
         let i = usize::from(qid);
         if self.queues.len() <= i {
@@ -441,7 +372,7 @@ impl Host {
         self.ram.write(buf, data);
         let nlb = u32::try_from(data.len() / self.lba as usize).unwrap();
         let (p1, p2) = self.prps(buf, data.len() as u64);
-        self.cmd(qid, Sqe::rw(op, slba, nlb).prp(p1, p2))
+        self.cmd(qid, Sqe::rw(op, slba, nlb, false).dptr(p1, p2))
     }
 
     /// Read `nlb` blocks at `slba`.
@@ -450,7 +381,7 @@ impl Host {
         let buf = self.alloc(len);
         self.ram.fill(buf, usize::try_from(len).unwrap(), 0xee);
         let (p1, p2) = self.prps(buf, len);
-        let c = self.cmd(qid, Sqe::rw(opc::READ, slba, nlb).prp(p1, p2));
+        let c = self.cmd(qid, Sqe::rw(opc::READ, slba, nlb, false).dptr(p1, p2));
         (c, self.ram.read(buf, usize::try_from(len).unwrap()))
     }
 
@@ -461,17 +392,14 @@ impl Host {
         let (p1, p2) = self.prps(buf, len as u64);
         let c = self.cmd(
             qid,
-            Sqe::zone_recv(slba, u32::try_from(len).unwrap(), 0, false).prp(p1, p2),
+            Sqe::zone_recv(slba, u32::try_from(len).unwrap(), 0, 0, false).dptr(p1, p2),
         );
         assert!(c.ok(), "report zones: {c:?}");
         let b = self.ram.read(buf, len);
-        let q = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap());
-        let n = q(0);
-        let zones = (0..usize::try_from(n).unwrap().min(max))
-            .map(|i| {
-                let d = 64 + 64 * i;
-                (b[d + 1] >> 4, q(d + 16), q(d + 24), q(d + 8))
-            })
+        let (n, zones) = nvme::test_utils::parse_report(&b, 0, max);
+        let zones = zones
+            .into_iter()
+            .map(|z| (z.zs, z.zslba, z.wp, z.zcap))
             .collect();
         (n, zones)
     }
