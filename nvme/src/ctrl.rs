@@ -454,8 +454,9 @@ impl Ctrl {
         exec: &mut dyn FnMut(&Sqe) -> Outcome,
     ) -> usize {
         let mut done = 0;
+        let mut fetched = 0;
         let mut posted = false;
-        while done < budget && !self.halted.load(Ordering::Acquire) {
+        while fetched < budget && !self.halted.load(Ordering::Acquire) {
             let Some(pending) = sq.pending(env.doorbells.sq_tail(sq.qid)) else {
                 self.invalid_doorbell_event();
                 break;
@@ -480,6 +481,7 @@ impl Ctrl {
                     break;
                 }
             };
+            fetched += 1;
             let outcome = exec(&sqe);
             let mut c = lock(cq);
             match outcome {
@@ -499,9 +501,9 @@ impl Ctrl {
                         break;
                     }
                     posted = true;
+                    done += 1;
                 }
             }
-            done += 1;
         }
         if posted {
             self.interrupt(env, &lock(cq));

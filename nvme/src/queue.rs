@@ -195,7 +195,13 @@ impl CompQueue {
         debug_assert!(self.reserved > 0, "post without reservation");
         self.reserved = self.reserved.saturating_sub(1);
         cqe.status = ((status.field() << 1) | u16::from(self.phase)).into();
-        mem.write(self.base + u64::from(self.tail) * CQE_SIZE, cqe.as_bytes())?;
+        // The host polls the phase tag in the last dword: make the rest of the entry visible
+        // before it.
+        let at = self.base + u64::from(self.tail) * CQE_SIZE;
+        let bytes = cqe.as_bytes();
+        mem.write(at, &bytes[..12])?;
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
+        mem.write(at + 12, &bytes[12..])?;
         self.tail += 1;
         if self.tail == self.size {
             self.tail = 0;
