@@ -115,6 +115,8 @@ pub struct ZoneSend {
     pub zsa: u8,
     /// Select All.
     pub select_all: bool,
+    /// Zone Send Action Specific Option (Open: allocate a ZRWA).
+    pub zsaso: bool,
     /// Data pointer (Set Zone Descriptor Extension).
     pub dptr: DataPtr,
 }
@@ -177,6 +179,7 @@ impl IoCmd {
                     slba: sqe.cdw10_11(),
                     zsa: (cdw13 & 0xFF) as u8,
                     select_all: cdw13 & (1 << 8) != 0,
+                    zsaso: cdw13 & (1 << 9) != 0,
                     dptr: dptr(sqe),
                 })
             }
@@ -424,7 +427,7 @@ mod tests {
         let IoCmd::ZoneSend(z) = IoCmd::decode(&s, CSS_ALL) else {
             panic!()
         };
-        assert_eq!((z.zsa, z.select_all), (4, true));
+        assert_eq!((z.zsa, z.select_all, z.zsaso), (4, true, false));
     }
 
     #[test]

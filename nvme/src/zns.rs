@@ -225,6 +225,14 @@ const REPORT_CHUNK: u32 = 1024;
 impl Ctrl {
     /// Zone Management Send.
     pub(crate) fn zone_send(&self, env: &HostEnv<'_>, z: ZoneSend) -> Result<(), Status> {
+        if z.zsaso {
+            tracing::debug!(
+                zsa = z.zsa,
+                reason = "ZRWA not supported (ZSASO set)",
+                "rejected"
+            );
+            return Err(Status::INVALID_FIELD);
+        }
         let action = match z.zsa {
             zsa::CLOSE => ZoneAction::Close,
             zsa::FINISH => ZoneAction::Finish,

@@ -229,6 +229,11 @@ fn zone_send_field_checks() {
         "no ZRWA"
     );
     assert_eq!(d.zone_send(1, 0, 0x06, false).status, Status::INVALID_FIELD);
+    let c = d.run(
+        1,
+        Command::zone_send(0, OPEN, false).cdw(13, u32::from(OPEN) | (1 << 9)),
+    );
+    assert_eq!(c.status, Status::INVALID_FIELD, "ZSASO: no ZRWA");
     let c = d.run(1, Command::zone_send(0, OPEN, false).nsid(2));
     assert_eq!(c.status, Status::INVALID_NS);
 }
