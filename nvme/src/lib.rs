@@ -7,13 +7,26 @@
 //! (queue tables, locking, fetch/complete loop; its header documents the lock order).
 //!
 //! Decisions worth knowing when driving the controller:
-//! - SGLs are supported for I/O commands (Data Block, Segment, Last Segment; SGLS = 1);
-//!   admin commands take PRPs only.
-//! - Interrupt vectors 0..=max_io_queues are accepted at CQ creation; the admin CQ uses 0.
+//! - SGLs are supported for I/O commands (Data Block, Segment, Last Segment with the
+//!   Address sub type; SGLS = 1); admin commands take PRPs only. Data an SGL describes
+//!   beyond the transfer length is ignored; less is Data SGL Length Invalid.
+//! - Interrupt vectors 0..=max_io_queues are accepted at CQ creation
+//!   ([`Controller::vectors_offered`]); the admin CQ uses vector 0.
 //! - Commands execute synchronously on the poller that fetched them; an Abort therefore
 //!   never finds its target and completes with DW0 bit 0 set ("not aborted").
 //! - Interrupts are raised once per processed batch per CQ (a natural coalescing); the
 //!   Interrupt Coalescing feature value is stored and reported but not otherwise applied.
+//! - Asynchronous Event Requests are held (up to AERL + 1 = 4). The only event the
+//!   controller raises is "Invalid Doorbell Write Value" (error type, log page 01h); zone
+//!   descriptor changed notices are accepted in the configuration but never raised, because
+//!   the controller never changes zone attributes by itself, so the Changed Zone List is
+//!   always empty.
+//! - Zone state rules live in the image: Close of an opened zone with nothing written makes
+//!   it Closed (as QEMU), Select All Open is atomic, implicit opens close the least recently
+//!   used implicitly opened zone when the open limit is reached.
+//! - A doorbell page outlives queues: the controller clears it through [`Doorbells`] on
+//!   enable, reset, and I/O queue creation/deletion, and ignores a stale SQ tail found at
+//!   creation until the host writes another value.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
