@@ -132,8 +132,22 @@ fn in_bounds(offset: u64, len: usize, size: u64) -> bool {
         .is_some_and(|end| end <= size)
 }
 
+/// Largest access any client legitimately makes (QEMU's whole-config read at realize).
+const MAX_ACCESS: usize = CONFIG_SIZE;
+
 impl ServerBackend for Backend {
     fn region_read(&mut self, index: u32, offset: u64, data: &mut [u8]) -> std::io::Result<()> {
+        if data.len() > MAX_ACCESS {
+            // Leave the crate's zeroed buffer untouched rather than fault in a huge reply.
+            tracing::debug!(
+                region = index,
+                offset,
+                len = data.len(),
+                reason = "access too large",
+                "Region read refused"
+            );
+            return Ok(());
+        }
         match index {
             region::CONFIG => self.config.read(offset, data),
             region::BAR0 => self.bar0_read(offset, data),

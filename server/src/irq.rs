@@ -222,7 +222,7 @@ impl IrqState {
     }
 
     /// Check the INTx resample eventfd (KVM): a readable count means the guest EOI'd.
-    /// Cheap non-blocking read; called by the admin poller.
+    /// Cheap non-blocking read; called by the doorbell watcher every millisecond.
     pub fn poll_resample(&self) {
         let fired = {
             let ix = lock(&self.intx);

@@ -218,6 +218,8 @@ fn watch_doorbells(dev: &Device, wakers: &Wakers, ctl: &Receiver<bool>) {
             Err(RecvTimeoutError::Timeout) | Ok(false) => {}
             Ok(true) | Err(RecvTimeoutError::Disconnected) => return,
         }
+        // KVM's INTx resample eventfd (guest EOI) is checked here too, at the same rate.
+        dev.irq.poll_resample();
         for (i, seen) in last.iter_mut().enumerate() {
             let v = dev.doorbells.load(bar::DOORBELL_BASE + 4 * i as u64);
             if v != *seen {
@@ -297,9 +299,6 @@ fn poll_loop(dev: &Device, role: Role, rx: &Receiver<Msg>, wake_pending: &Atomic
                 Err(_) => return,
             }
             continue;
-        }
-        if let Role::Admin = role {
-            dev.irq.poll_resample();
         }
         let ready = dev.ctrl.ready();
         let done = if ready {

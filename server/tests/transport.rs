@@ -397,3 +397,38 @@ fn device_reset_keeps_dma_maps() {
     assert_eq!(db.load_u32_acquire(0), 0, "doorbells zeroed");
     assert_eq!(srv.running().device().ram.snapshot().entries().len(), 1);
 }
+
+#[test]
+fn malformed_headers_do_not_take_the_server_down() {
+    use std::io::Write;
+    let srv = TestServer::start(FakeCtrl::new(), 3);
+    // VERSION whose size is smaller than its own header (the crate underflows and panics).
+    let mut raw = RawClient::connect(&srv.socket);
+    let m = raw.header(1, 8, 0);
+    raw.s.write_all(&m).unwrap();
+    let _ = raw.s.write_all(&[0u8; 4]);
+    let _ = raw.read_reply();
+    drop(raw);
+    srv.wait_clients_done(1);
+    // Unknown command without payload: error reply, the connection stays usable.
+    let mut raw = RawClient::connect(&srv.socket);
+    raw.version(br#"{"capabilities":{}}"#, true).unwrap();
+    let m = raw.header(99, HDR, 0);
+    raw.s.write_all(&m).unwrap();
+    let r = raw.read_reply().unwrap();
+    assert_ne!(reply_flags(&r) & 0x20, 0, "error reply");
+    // Oversized region read: answered (zeros), nothing touched.
+    let r = raw.region_read(7, 0, 1 << 20);
+    assert_eq!(r.len(), HDR + 16 + (1 << 20));
+    let r = raw.region_read(7, 0, 4);
+    assert_eq!(&r[HDR + 16..], &[0x36, 0x1b, 0x10, 0x00]);
+    // Truncated header then EOF.
+    let mut raw2 = RawClient::connect(&srv.socket);
+    drop(raw);
+    srv.wait_clients_done(2);
+    raw2.s.write_all(&[1, 0, 1]).unwrap();
+    drop(raw2);
+    srv.wait_clients_done(3);
+    let mut c = srv.connect();
+    assert_eq!(cfg_read32(&mut c, 0), 0x0010_1b36);
+}
