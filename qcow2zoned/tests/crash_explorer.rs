@@ -2196,3 +2196,43 @@ fn failed_set_zde_never_resurrects_a_reset_extension() {
         &img.zde(4)[..4]
     );
 }
+
+/// Regression: when the flush inside a Reset fails (the zone word cannot be written), the
+/// live image already shows the zone Empty while the disk still has the old write pointer
+/// and the old clusters mapped. Writes are still accepted after the failed flush; the next
+/// write at the zone start goes in place into the old, durable cluster. After a power loss
+/// the zone comes back with its old write pointer and the first bytes replaced: data that
+/// had been flushed is lost, and the zone holds neither its old contents nor a reset.
+/// Fix (image.rs): once a metadata write-back has failed (`Meta::failed`), refuse every
+/// write, append, write zeroes and zone operation with an I/O error until the image is
+/// reopened, the way `flush` already does. Ignored until the library is fixed.
+#[test]
+#[ignore = "library bug: writes are still accepted after a failed metadata write-back"]
+fn writes_after_a_failed_reset_never_overwrite_flushed_data() {
+    let cfg = CONFIGS[1];
+    let (e, _) = Exec::new(cfg, 6, Fault::None, None);
+    let start = cfg.zone_size;
+    let old: Vec<u8> = (0..64 * KIB).map(|i| (i % 251) as u8).collect();
+    e.img
+        .write(start, &[IoSlice::new(&old)], true)
+        .expect("fua write");
+    // The Reset's flush fails on the zone word (the only 8-byte write it issues).
+    e.rec.fail_next_write_of(8);
+    assert!(e.img.zone_action(Some(1), ZoneAction::Reset).is_err());
+    let r = e.img.write(start, &[IoSlice::new(&[0xEE; 4096])], false);
+    // Power loss with everything issued on disk.
+    let bytes = e.rec.lock().cur.clone();
+    let img = ZonedImage::open_with(Arc::new(MemStorage::new(bytes)), OpenOptions::default())
+        .expect("open");
+    let z = img.zones(1, 1)[0];
+    let got = io_read(&img, start, old.len()).expect("read");
+    assert!(
+        z.wp == start || (z.wp == start + old.len() as u64 && got == old),
+        "write after the failed reset returned {r:?}; zone 1 came back {:?} wp +0x{:x} with \
+         its first bytes {:02x?} instead of {:02x?}",
+        z.state,
+        z.wp - start,
+        &got[..4],
+        &old[..4]
+    );
+}
