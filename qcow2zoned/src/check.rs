@@ -111,7 +111,12 @@ pub fn check_image(st: &dyn Storage) -> ImgResult<CheckReport> {
         }
         l2_tables.push((i, off));
     }
+    let mut seen_l2 = std::collections::HashSet::new();
     for (i, off) in l2_tables {
+        if !seen_l2.insert(off) {
+            // Counted twice above (a corruption); its entries are counted once.
+            continue;
+        }
         let t = crate::meta::be_table(&read_full(st, off, cs as usize, "L2 table")?);
         for (j, e) in t.iter().enumerate() {
             let e = *e;
@@ -142,6 +147,12 @@ pub fn check_image(st: &dyn Storage) -> ImgResult<CheckReport> {
             if !h.is_multiple_of(cs) {
                 rep.corrupt(format!(
                     "cluster offset 0x{h:x} at guest offset 0x{guest:x} is not properly aligned; L2 entry corrupted"
+                ));
+                continue;
+            }
+            if h >= file_len {
+                rep.corrupt(format!(
+                    "cluster offset 0x{h:x} at guest offset 0x{guest:x} is beyond the end of the file ({file_len} bytes)"
                 ));
                 continue;
             }
@@ -222,16 +233,25 @@ pub fn check_image(st: &dyn Storage) -> ImgResult<CheckReport> {
             }
         }
     }
-    // Compare with the stored refcounts.
+    // Compare with the stored refcounts: every referenced cluster, then whatever the
+    // refcount blocks count beyond them (each distinct block once).
     let pb = m.per_block();
-    let mut last = refs.v.len() as u64;
+    let n_refs = refs.v.len() as u64;
+    let mut extra = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for (ti, &b) in m.rt.clone().iter().enumerate() {
-        if b != 0 {
-            last = last.max((ti as u64 + 1) * pb);
+        if b == 0 || !seen.insert(b) {
+            continue;
+        }
+        let first = (ti as u64 * pb).max(n_refs);
+        for c in first..(ti as u64 + 1) * pb {
+            if m.refcount(st, c)? != 0 {
+                extra.push(c);
+            }
         }
     }
     let mut end = 0u64;
-    for c in 0..last {
+    for c in (0..n_refs).chain(extra) {
         let r = u64::from(refs.v.get(c as usize).copied().unwrap_or(0));
         let rc = m.refcount(st, c)?;
         if rc > 0 || r > 0 {
