@@ -205,9 +205,9 @@ impl Ctrl {
         }
         self.check_entry_sizes(true)?;
         env.doorbells.clear_cq_head(qid);
-        io.cqs[usize::from(qid)] = Some(Arc::new(Mutex::new(CompQueue::new(
-            qid, base, size, ien, iv,
-        ))));
+        let mut cq = CompQueue::new(qid, base, size, ien, iv);
+        cq.set_stale_head(env.doorbells.cq_head(qid));
+        io.cqs[usize::from(qid)] = Some(Arc::new(Mutex::new(cq)));
         tracing::debug!(qid, size, ien, iv, "I/O CQ created");
         Ok(())
     }

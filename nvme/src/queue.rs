@@ -117,6 +117,10 @@ pub struct CompQueue {
     pub sq_count: u32,
     /// Last invalid head doorbell reported.
     bad_head: Option<u32>,
+    /// Head doorbell value found at creation (left by an earlier queue with this id): taken
+    /// for "nothing consumed" until the host writes another value, so a stale head can never
+    /// release entries the host has not read.
+    stale_head: Option<u32>,
 }
 
 impl CompQueue {
@@ -134,12 +138,19 @@ impl CompQueue {
             reserved: 0,
             sq_count: 0,
             bad_head: None,
+            stale_head: None,
         }
     }
 
     /// Take a new head doorbell value. Values beyond the queue size, or that would release
     /// entries the controller never posted, are ignored.
     pub fn update_head(&mut self, head: u32) {
+        if let Some(stale) = self.stale_head {
+            if head == stale {
+                return;
+            }
+            self.stale_head = None;
+        }
         if head == self.head {
             return;
         }
@@ -161,6 +172,11 @@ impl CompQueue {
         }
         self.bad_head = None;
         self.head = head;
+    }
+
+    /// Record the head doorbell value seen at creation (non-zero = stale).
+    pub fn set_stale_head(&mut self, head: u32) {
+        self.stale_head = (head != 0).then_some(head);
     }
 
     /// Free slots not yet reserved (one slot always stays empty: full is tail + 1 == head).
@@ -331,6 +347,24 @@ mod tests {
         cq.update_head(2);
         assert_eq!(cq.head, 2);
         assert_eq!(cq.free(), 3);
+    }
+
+    #[test]
+    fn stale_head_never_releases_unread_entries() {
+        let mem = FakeMemory::new(1 << 16);
+        let mut cq = CompQueue::new(1, 0x2000, 4, true, 1);
+        cq.set_stale_head(2);
+        for _ in 0..3 {
+            assert!(cq.reserve());
+            cq.post(&mem, Cqe::default(), Status::SUCCESS).unwrap();
+        }
+        cq.update_head(2);
+        assert_eq!(cq.head, 0, "stale value ignored although it looks valid");
+        assert!(!cq.reserve());
+        cq.update_head(1);
+        assert_eq!(cq.head, 1);
+        cq.update_head(2);
+        assert_eq!(cq.head, 2, "the same value is genuine once the host moved");
     }
 
     #[test]

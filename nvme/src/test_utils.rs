@@ -109,6 +109,7 @@ impl GuestMemory for FakeMemory {
 pub struct FakeDoorbells {
     values: Vec<AtomicU32>,
     clears: AtomicU32,
+    per_queue_clear: std::sync::atomic::AtomicBool,
 }
 
 impl Default for FakeDoorbells {
@@ -116,6 +117,7 @@ impl Default for FakeDoorbells {
         FakeDoorbells {
             values: (0..512).map(|_| AtomicU32::new(0)).collect(),
             clears: AtomicU32::new(0),
+            per_queue_clear: std::sync::atomic::AtomicBool::new(true),
         }
     }
 }
@@ -128,6 +130,11 @@ impl FakeDoorbells {
     /// Set CQ `qid`'s head doorbell.
     pub fn set_cq_head(&self, qid: u16, v: u32) {
         self.values[usize::from(qid) * 2 + 1].store(v, Ordering::Release);
+    }
+    /// Whether `clear_sq_tail`/`clear_cq_head` act (true by default); false behaves like a
+    /// transport that keeps the provided no-op methods.
+    pub fn set_per_queue_clear(&self, on: bool) {
+        self.per_queue_clear.store(on, Ordering::Release);
     }
     /// How many times `clear` was called.
     pub fn clears(&self) -> u32 {
@@ -147,10 +154,14 @@ impl Doorbells for FakeDoorbells {
             .map_or(0, |v| v.load(Ordering::Acquire))
     }
     fn clear_sq_tail(&self, qid: u16) {
-        self.set_sq_tail(qid, 0);
+        if self.per_queue_clear.load(Ordering::Acquire) {
+            self.set_sq_tail(qid, 0);
+        }
     }
     fn clear_cq_head(&self, qid: u16) {
-        self.set_cq_head(qid, 0);
+        if self.per_queue_clear.load(Ordering::Acquire) {
+            self.set_cq_head(qid, 0);
+        }
     }
     fn clear(&self) {
         self.clears.fetch_add(1, Ordering::Relaxed);

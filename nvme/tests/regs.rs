@@ -562,3 +562,45 @@ fn reset_while_pollers_run_does_not_deadlock() {
         Status::SUCCESS
     );
 }
+
+#[test]
+fn recreated_queue_ignores_stale_doorbells() {
+    for per_queue_clear in [true, false] {
+        let mut r = rig(Geo::default(), 4096);
+        let d = &mut r.d;
+        d.host.doorbells.set_per_queue_clear(per_queue_clear);
+        let (a, b) = d.create_io_pair(2, 8);
+        assert!(a.status.is_success() && b.status.is_success());
+        for i in 0..3 {
+            assert_eq!(
+                d.write(2, 256 + i, &pattern(4096, i as u8), false).status,
+                Status::SUCCESS
+            );
+        }
+        assert_eq!(d.admin(Command::delete_sq(2)).status, Status::SUCCESS);
+        assert_eq!(d.admin(Command::delete_cq(2)).status, Status::SUCCESS);
+        let stale = if per_queue_clear { 0 } else { 3 };
+        assert_eq!(d.host.doorbells.sq_tail(2), stale);
+        assert_eq!(d.host.doorbells.cq_head(2), stale);
+        // A new queue pair 2 (4 entries) over fresh memory: nothing runs until submitted.
+        let (a, b) = d.create_io_pair(2, 4);
+        assert!(a.status.is_success() && b.status.is_success());
+        assert_eq!(d.process(), 0, "stale tail is not a submission");
+        for i in 3..9 {
+            let c = d.write(2, 256 + i, &pattern(4096, i as u8), false);
+            assert_eq!(
+                c.status,
+                Status::SUCCESS,
+                "write {i} (per-queue clear {per_queue_clear})"
+            );
+        }
+        let (c, got) = d.read(1, 256, 9);
+        assert_eq!(c.status, Status::SUCCESS);
+        for i in 0..9usize {
+            assert!(
+                got[i * 4096..(i + 1) * 4096] == pattern(4096, i as u8)[..],
+                "block {i}"
+            );
+        }
+    }
+}
