@@ -68,6 +68,16 @@ pub enum MapError {
         #[source]
         source: nix::Error,
     },
+    /// The range ends beyond the end of the file (accesses would raise SIGBUS).
+    #[error("DMA range at file offset {offset:#x}+{size:#x} ends beyond the file ({file_size:#x} bytes)")]
+    BeyondFile {
+        /// File offset.
+        offset: u64,
+        /// Length.
+        size: u64,
+        /// File size.
+        file_size: u64,
+    },
     /// A memfd could not be created or sized.
     #[error("Cannot create memfd {name}")]
     Memfd {
@@ -84,6 +94,7 @@ impl From<MapError> for std::io::Error {
         let kind = match e {
             MapError::Overlap { .. } => std::io::ErrorKind::AlreadyExists,
             MapError::InvalidRange { .. } => std::io::ErrorKind::InvalidInput,
+            MapError::BeyondFile { .. } => std::io::ErrorKind::InvalidInput,
             MapError::Mmap { .. } | MapError::Memfd { .. } => std::io::ErrorKind::Other,
         };
         std::io::Error::new(kind, e)
@@ -127,6 +138,7 @@ impl SharedMapping {
             iova: offset,
             size: len,
         };
+        check_file_size(&fd, offset, len)?;
         let delta = offset % PAGE_SIZE;
         let map_off = offset - delta;
         let map_len = len.checked_add(delta).ok_or_else(bad)?;
@@ -188,13 +200,10 @@ impl SharedMapping {
         let Some(off) = self.check(offset, buf.len()) else {
             return false;
         };
-        // SAFETY: `off + buf.len() <= self.len` (checked), the mapping is live while `self` is,
-        // `buf` is a distinct Rust allocation (it cannot point into this mapping: we never
-        // hand out references into it outside `with_slices` callbacks), and u8 has no
-        // invalid values.
-        unsafe {
-            std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(off), buf.as_mut_ptr(), buf.len())
-        };
+        // SAFETY: `off + buf.len() <= self.len` (checked) and the mapping is live while `self`
+        // is; `copy` tolerates overlap (should `buf` be a slice lent by `with_slices`), and u8
+        // has no invalid values.
+        unsafe { std::ptr::copy(self.ptr.as_ptr().add(off), buf.as_mut_ptr(), buf.len()) };
         true
     }
 
@@ -206,11 +215,9 @@ impl SharedMapping {
         let Some(off) = self.check(offset, data.len()) else {
             return false;
         };
-        // SAFETY: bounds checked above, mapping writable and live; `data` is a distinct
-        // allocation (see `read`).
-        unsafe {
-            std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().add(off), data.len())
-        };
+        // SAFETY: bounds checked above, mapping writable and live; `copy` tolerates overlap
+        // (see `read`).
+        unsafe { std::ptr::copy(data.as_ptr(), self.ptr.as_ptr().add(off), data.len()) };
         true
     }
 
@@ -269,6 +276,27 @@ impl Drop for SharedMapping {
         if let Err(e) = unsafe { munmap(self.map_ptr, self.map_len) } {
             tracing::error!(error = %e, "munmap failed");
         }
+    }
+}
+
+/// Refuse ranges past the end of a regular file (memfd, tmpfs, hugetlbfs): touching them
+/// would kill the process with SIGBUS.
+fn check_file_size(fd: &impl AsFd, offset: u64, len: u64) -> Result<(), MapError> {
+    use std::os::fd::AsRawFd;
+    let Ok(st) = nix::sys::stat::fstat(fd.as_fd().as_raw_fd()) else {
+        return Ok(());
+    };
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Ok(());
+    }
+    let file_size = u64::try_from(st.st_size).unwrap_or(0);
+    match offset.checked_add(len) {
+        Some(end) if end <= file_size => Ok(()),
+        _ => Err(MapError::BeyondFile {
+            offset,
+            size: len,
+            file_size,
+        }),
     }
 }
 
@@ -700,6 +728,17 @@ mod tests {
         assert!(ram
             .with_slices(&[(0x3000, 1)], false, &mut |_| Ok(()))
             .is_err());
+    }
+
+    #[test]
+    fn map_beyond_file_end_refused() {
+        let fd = memfd(0x2000);
+        let ram = GuestRam::new();
+        assert!(matches!(
+            ram.map(0, 0x2000, 0x1000, Some(&fd), true),
+            Err(MapError::BeyondFile { .. })
+        ));
+        ram.map(0, 0x1000, 0x1000, Some(&fd), true).unwrap();
     }
 
     #[test]
