@@ -1027,7 +1027,17 @@ fn run_random(cfg: Config, seed: u64, nsteps: usize, from: Option<Vec<u8>>) -> R
 }
 
 fn run_script(cfg: Config, seed: u64, script: &[Action], fault: Fault) -> Run {
-    let (mut e, base) = Exec::new(cfg, seed, fault, None);
+    run_script_from(cfg, seed, script, fault, None)
+}
+
+fn run_script_from(
+    cfg: Config,
+    seed: u64,
+    script: &[Action],
+    fault: Fault,
+    from: Option<Vec<u8>>,
+) -> Run {
+    let (mut e, base) = Exec::new(cfg, seed, fault, from);
     for a in script {
         e.step(a);
     }
@@ -1160,10 +1170,26 @@ fn random_crash_image(run: &Run, rng: &mut Rng) -> (usize, Vec<u8>) {
     let syncs: Vec<usize> = (0..run.ops.len())
         .filter(|&i| matches!(run.ops[i], Op::Sync))
         .collect();
-    let at = if syncs.is_empty() {
+    // Crashes inside a Reset are the interesting ones to continue from (the zone word is
+    // durable before the old clusters are unmapped): prefer them.
+    let in_reset: Vec<usize> = syncs
+        .iter()
+        .copied()
+        .filter(|&i| {
+            run.steps
+                .iter()
+                .any(|s| s.mgmt && s.desc.starts_with("Reset") && s.start <= i && i < s.end)
+        })
+        .collect();
+    let pool = if !in_reset.is_empty() && rng.chance(60) {
+        &in_reset
+    } else {
+        &syncs
+    };
+    let at = if pool.is_empty() {
         run.ops.len()
     } else {
-        syncs[rng.below(syncs.len() as u64) as usize]
+        pool[rng.below(pool.len() as u64) as usize]
     };
     let mut img = run.base.clone();
     let mut pending = Vec::new();
@@ -2235,4 +2261,68 @@ fn writes_after_a_failed_reset_never_overwrite_flushed_data() {
         &got[..4],
         &old[..4]
     );
+}
+
+#[test]
+fn recovery_from_a_crash_inside_a_reset_never_exposes_old_data() {
+    // A Reset makes the zone word durable first and unmaps the old clusters afterwards. A
+    // crash in between leaves an Empty zone with its old clusters still mapped; everything
+    // done to that zone afterwards (in-place writes, write zeroes, finish, reset, more
+    // crashes) must never show the old bytes.
+    for cfg in [CONFIGS[1], CONFIGS[0], CONFIGS[6]] {
+        let w = |len, fua| Action::Write { zone: 1, len, fua };
+        let script = vec![
+            w(200 * KIB + 512, true),
+            Action::Mgmt {
+                zone: Some(1),
+                action: ZoneAction::Reset,
+            },
+        ];
+        let run = run_script(cfg, 7, &script, Fault::None);
+        let word = word_write(&run, cfg.zone_size);
+        let sync = word
+            + run.ops[word..]
+                .iter()
+                .position(|o| matches!(o, Op::Sync))
+                .expect("sync after the word");
+        let img = image_before(&run, sync + 1, &[]);
+        // The scenario is the intended one: zone 1 Empty, its old bytes still in the file.
+        let old = &run.gens[run.snaps[1][1].gen];
+        let probe = &old[100 * KIB as usize..100 * KIB as usize + 64];
+        assert!(
+            img.windows(64).any(|w| w == probe),
+            "{}: old data gone",
+            cfg.name
+        );
+        let reopened = ZonedImage::open_with(
+            Arc::new(MemStorage::new(img.clone())),
+            OpenOptions::default(),
+        )
+        .expect("open");
+        assert_eq!(reopened.zones(1, 1)[0].state, ZoneState::Empty);
+        drop(reopened);
+        let z = |len, fua| Action::Zeroes { zone: 1, len, fua };
+        let more = vec![
+            w(4 * KIB, false),
+            Action::Flush,
+            z(cfg.cluster, false),
+            w(10 * KIB, true),
+            Action::Mgmt {
+                zone: Some(1),
+                action: ZoneAction::Finish,
+            },
+            Action::Mgmt {
+                zone: Some(1),
+                action: ZoneAction::Reset,
+            },
+            w(70 * KIB, false),
+            Action::Flush,
+            w(3 * KIB, false),
+        ];
+        let again = run_script_from(cfg, 8, &more, Fault::None, Some(img));
+        assert!(again.live_errors.is_empty(), "{:?}", again.live_errors);
+        let stats = explore_all(&again);
+        assert!(stats.states > 20, "{} states", stats.states);
+        assert_eq!(stats.violating, 0, "{}: {:#?}", cfg.name, stats.reports);
+    }
 }
