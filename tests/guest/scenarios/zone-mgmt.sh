@@ -6,6 +6,8 @@
 # It leaves this state behind, which the host checks in the image:
 #   zone 1 Closed with its write pointer 3 LBAs in, zone 2 Full,
 #   zone 3 Closed with a valid descriptor extension (if ZDES > 0),
+#   zones 4 and 5 opened (implicitly, 2 LBAs; explicitly, 1 LBA) when the
+#   guest powers off: the controller shutdown must close them,
 #   every other zone Empty.
 SCENARIO=zone-mgmt
 # shellcheck source=lib.sh
@@ -158,9 +160,14 @@ if [ "$ZNS_ZDES" -gt 0 ]; then
     printf 'zm-zde-final' | dd bs="$ZNS_ZDES" conv=sync 2>/dev/null >/tmp/zde
     nvme_ok "set-zone-desc zone 3" zns set-zone-desc "$DEV" -s "$(slba 3)" -d /tmp/zde
 fi
+write_lbas "$(slba 4)" 2 /tmp/d2 || fail "write 2 LBAs at zone 4"
+zop open 5
+write_lbas "$(slba 5)" 1 /tmp/d1 || fail "write 1 LBA at zone 5"
 expect_zone 1 CLOSED 3
 expect_zone 2 FULL
-[ "$ZNS_ZDES" -gt 0 ] && expect_zone 3 CLOSED 0 128
-nvme zns report-zones "$DEV" -d 5 -v | grep -v '^Attrs' || true
+if [ "$ZNS_ZDES" -gt 0 ]; then expect_zone 3 CLOSED 0 128; fi
+expect_zone 4 IMP_OPENED 2
+expect_zone 5 EXP_OPENED 1
+nvme zns report-zones "$DEV" -d 6 -v | grep -v '^Attrs' || true
 
 finish
