@@ -129,7 +129,17 @@ impl Ctrl {
         let bytes = self.check_range(&rw, true)?;
         let first = self.geo.zone_of(rw.slba);
         let last = self.geo.zone_of(rw.slba + u64::from(rw.nlb) - 1);
+        let offline = || {
+            self.ns
+                .zones(first, 1)
+                .first()
+                .is_some_and(|z| z.state == ZoneState::Offline)
+        };
         if first != last {
+            // QEMU's order: the state of the first zone, then the boundary.
+            if offline() {
+                return Err(Status::ZONE_OFFLINE);
+            }
             tracing::debug!(
                 slba = rw.slba,
                 nlb = rw.nlb,
@@ -138,14 +148,8 @@ impl Ctrl {
             );
             return Err(Status::ZONE_BOUNDARY);
         }
-        // The image refuses offline zones itself; the snapshot is only consulted when the data
-        // pointer or the transfer fails, so Zone Is Offline still wins over those errors.
-        let offline = || {
-            self.ns
-                .zones(first, 1)
-                .first()
-                .is_some_and(|z| z.state == ZoneState::Offline)
-        };
+        // The image refuses offline zones itself; the snapshot is only consulted on error
+        // paths, so Zone Is Offline still wins over PRP and transfer errors.
         let ranges = match prp::map(env.mem, rw.dptr, bytes, self.page()) {
             Ok(r) => r,
             Err(_) if offline() => return Err(Status::ZONE_OFFLINE),

@@ -597,6 +597,11 @@ fn zone_errors_win_over_transfer_errors() {
     assert_eq!(c.status, Status::ZONE_OFFLINE);
     let c = d.run(1, Command::rw(0x02, 2 * ZL, 1, false).dptr(0x20_0002, 0));
     assert_eq!(c.status, Status::ZONE_OFFLINE);
+    // ... and before a zone boundary error when the read starts in the offline zone.
+    let (c, _) = d.read(1, 3 * ZL - 1, 2);
+    assert_eq!(c.status, Status::ZONE_OFFLINE);
+    let (c, _) = d.read(1, 2 * ZL - 1, 2);
+    assert_eq!(c.status, Status::ZONE_BOUNDARY);
 }
 
 #[test]
