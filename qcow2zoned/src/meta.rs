@@ -1013,10 +1013,7 @@ pub fn write_back(
 ) -> ImgResult<()> {
     let sync = |what: &str| st.sync_data().map_err(io_err(format!("syncing {what}")));
     if let Some(len) = snap.grow_to {
-        let cur = st.len().map_err(io_err("reading the image length"))?;
-        if cur < len {
-            st.set_len(len).map_err(io_err("growing the image file"))?;
-        }
+        st.grow(len).map_err(io_err("growing the image file"))?;
     }
     write_all(st, &snap.rb, "refcount block")?;
     sync("data and refcount blocks")?;

@@ -49,6 +49,15 @@ pub trait Storage: Send + Sync {
     }
     /// Truncate or extend (with zeros) to `len` bytes.
     fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Extend the file to at least `len` bytes; never shrinks it, even when other threads
+    /// extend it at the same time. The default checks the length first (fine for
+    /// single-threaded use).
+    fn grow(&self, len: u64) -> io::Result<()> {
+        if self.len()? < len {
+            self.set_len(len)?;
+        }
+        Ok(())
+    }
     /// Make `[offset, offset+len)` read as zeros, releasing host space where possible.
     /// The default writes zeros.
     fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
@@ -238,6 +247,31 @@ impl Storage for FileStorage {
         self.file.set_len(len)
     }
 
+    fn grow(&self, len: u64) -> io::Result<()> {
+        use nix::fcntl::{fallocate, FallocateFlags};
+        use std::os::fd::AsRawFd;
+        if len == 0 {
+            return Ok(());
+        }
+        // Allocating the last byte raises the size atomically and never lowers it, unlike a
+        // length check followed by ftruncate, which could cut off a concurrent extending write.
+        match fallocate(
+            self.file.as_raw_fd(),
+            FallocateFlags::empty(),
+            off_t(len - 1)?,
+            1,
+        ) {
+            Ok(()) => Ok(()),
+            Err(nix::errno::Errno::EOPNOTSUPP) => {
+                if self.len()? < len {
+                    self.set_len(len)?;
+                }
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
         use nix::fcntl::{fallocate, FallocateFlags};
         use std::os::fd::AsRawFd;
@@ -321,6 +355,20 @@ impl Storage for MemStorage {
     }
     fn len(&self) -> io::Result<u64> {
         Ok(self.lock().len() as u64)
+    }
+    fn grow(&self, len: u64) -> io::Result<()> {
+        let len = mem_index(len)?;
+        if len > (1usize << 40) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "length too large",
+            ));
+        }
+        let mut d = self.lock();
+        if d.len() < len {
+            d.resize(len, 0);
+        }
+        Ok(())
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
         let len = mem_index(len)?;

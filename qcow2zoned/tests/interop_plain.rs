@@ -199,3 +199,53 @@ fn our_plain_images_work_with_qemu() {
         text(&o)
     );
 }
+
+/// Filling a qemu-img image with 512-byte clusters needs far more refcount blocks than its
+/// one-cluster refcount table can point at: the table must grow (and move) and qemu-img must
+/// still find the image clean and identical.
+#[test]
+fn refcount_table_grows_on_small_clusters() {
+    let d = tmp();
+    let img = path_in(&d, "g.qcow2");
+    let raw = path_in(&d, "g.raw");
+    let size = 24u64 << 20;
+    let o = qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "cluster_size=512",
+        p(&img),
+        &size.to_string(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let rt_before = u64::from_be_bytes(std::fs::read(&img).unwrap()[48..56].try_into().unwrap());
+    let mut model = vec![0u8; size as usize];
+    Rng(99).fill(&mut model);
+    {
+        let q = Qcow2::open(&img, OpenOptions::default()).unwrap();
+        for (i, chunk) in model.chunks(1 << 20).enumerate() {
+            q.write_at(i as u64 * (1 << 20), chunk).unwrap();
+        }
+        q.close().unwrap();
+    }
+    let hdr = std::fs::read(&img).unwrap();
+    let rt_after = u64::from_be_bytes(hdr[48..56].try_into().unwrap());
+    assert_ne!(rt_before, rt_after, "refcount table did not move");
+    check_clean(&img);
+    std::fs::write(&raw, &model).unwrap();
+    let o = qemu_img(&["compare", "-f", "qcow2", "-F", "raw", p(&img), p(&raw)]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let q = Qcow2::open(
+        &img,
+        OpenOptions {
+            read_only: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut back = vec![0u8; size as usize];
+    q.read_at(0, &mut back).unwrap();
+    assert!(back == model);
+}
