@@ -59,8 +59,8 @@ pub struct ServeArgs {
     /// Create the image with this virtual size (K/M/G/T suffixes) if it does not exist.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub create: Option<u64>,
-    /// Creation options, as for `qcow2zoned create`: cluster_size=…, zone.size=…,
-    /// zone.capacity=…, zone.conventional_zones=…, zone.max_open_zones=…,
+    /// Creation options, exactly as for `qcow2zoned create -o`: cluster_size=…,
+    /// zone.size=…, zone.capacity=…, zone.conventional_zones=…, zone.max_open_zones=…,
     /// zone.max_active_zones=…, zone.max_append_bytes=…, zone.zd_extension_size=…
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub options: Option<String>,
@@ -115,16 +115,19 @@ impl ServeArgs {
         .max(1)
     }
 
-    /// Creation options for a missing image: `--create SIZE -o …`, or the defaults.
+    /// Creation options for a missing image. Without `-o`: znsd's defaults (see
+    /// [`default_create_options`]), sized by `--create` if given. With `-o`: exactly what
+    /// `qcow2zoned create -o … FILE SIZE` would create (its defaults for keys not given),
+    /// with SIZE from `--create` (default 4 GiB).
     pub fn create_options(&self) -> Result<CreateOptions, String> {
-        let mut o = default_create_options();
-        if let Some(size) = self.create {
-            o.size = size;
+        let size = self.create.unwrap_or(DEFAULT_SIZE);
+        match &self.options {
+            None => Ok(CreateOptions {
+                size,
+                ..default_create_options()
+            }),
+            Some(s) => parse_create_options(s, size),
         }
-        if let Some(s) = &self.options {
-            apply_options(&mut o, s)?;
-        }
-        Ok(o)
     }
 }
 
@@ -136,11 +139,14 @@ fn parse_lba_size(s: &str) -> Result<u32, String> {
     }
 }
 
+/// Virtual size of an image created without `--create`.
+pub const DEFAULT_SIZE: u64 = 4 * GIB;
+
 /// Defaults for an image znsd creates itself: 4 GiB, 64 MiB zones, 16 open/active zones,
 /// 64-byte zone descriptor extensions.
 pub fn default_create_options() -> CreateOptions {
     CreateOptions {
-        size: 4 * GIB,
+        size: DEFAULT_SIZE,
         cluster_size: 64 * KIB,
         zone: ZoneOptions {
             size: 64 * MIB,
@@ -154,16 +160,21 @@ pub fn default_create_options() -> CreateOptions {
     }
 }
 
-/// Parse a size with an optional K/M/G/T (binary) suffix, optionally followed by `B`/`iB`.
+/// Parse a size: decimal or `0x` hex, with an optional binary K/M/G/T suffix (or `B`,
+/// `KiB`…), like `qcow2zoned create`.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let t = t
-        .strip_suffix("iB")
-        .or_else(|| t.strip_suffix('B'))
-        .unwrap_or(t);
+    if let Some(h) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        return u64::from_str_radix(h, 16).map_err(|_| format!("Invalid size {s:?}"));
+    }
+    let t = match t.strip_suffix("iB") {
+        Some(r) if r.ends_with(|c: char| c.is_ascii_alphabetic()) => r,
+        _ => t,
+    };
     let (num, mult) = match t.char_indices().last() {
         Some((i, c)) if c.is_ascii_alphabetic() => {
             let m = match c.to_ascii_uppercase() {
+                'B' => 1,
                 'K' => KIB,
                 'M' => MIB,
                 'G' => GIB,
@@ -187,56 +198,54 @@ fn parse_u32(key: &str, v: &str) -> Result<u32, String> {
     u32::try_from(n).map_err(|_| format!("{key}={v} is too large"))
 }
 
-/// Apply a `-o key=value,...` string (qemu-img style names) to `o`.
-pub fn apply_options(o: &mut CreateOptions, s: &str) -> Result<(), String> {
-    let mut capacity_set = false;
-    let mut open_set = false;
-    let mut active_set = false;
+/// Parse a `-o key=value,...` string with the same keys and defaults as
+/// `qcow2zoned create -o` (qemu-img names): `cluster_size`, `zone.mode=host-managed`,
+/// `zone.size`, `zone.capacity` (default: size), `zone.conventional_zones`,
+/// `zone.max_open_zones` (default: max_active), `zone.max_active_zones`,
+/// `zone.max_append_bytes` (default: min(capacity, 64 KiB)), `zone.zd_extension_size`.
+/// (`qcow2zoned` keeps its parser private to its binary, hence this copy.)
+pub fn parse_create_options(s: &str, size: u64) -> Result<CreateOptions, String> {
+    let mut cluster_size = 64 * KIB;
+    let mut z = ZoneOptions::default();
+    let mut capacity = None;
+    let mut max_append = None;
     for kv in s.split(',').map(str::trim).filter(|kv| !kv.is_empty()) {
         let (k, v) = kv
             .split_once('=')
             .ok_or_else(|| format!("Option {kv:?} is not key=value"))?;
         let (k, v) = (k.trim(), v.trim());
         match k {
-            "size" => o.size = parse_size(v)?,
-            "cluster_size" => o.cluster_size = parse_size(v)?,
-            "zone.mode" | "zoned" => {
-                if v != "host-managed" && v != "on" && v != "true" {
+            "zone.mode" => {
+                if v != "host-managed" {
                     return Err(format!(
-                        "Only host-managed zoned images can be served, not {k}={v}"
+                        "zone.mode={v} is not supported (only host-managed)"
                     ));
                 }
             }
-            "zone.size" => o.zone.size = parse_size(v)?,
-            "zone.capacity" => {
-                o.zone.capacity = parse_size(v)?;
-                capacity_set = true;
-            }
-            "zone.conventional_zones" => o.zone.conventional_zones = parse_u32(k, v)?,
-            "zone.max_open_zones" => {
-                o.zone.max_open_zones = parse_u32(k, v)?;
-                open_set = true;
-            }
-            "zone.max_active_zones" => {
-                o.zone.max_active_zones = parse_u32(k, v)?;
-                active_set = true;
-            }
-            "zone.max_append_bytes" => o.zone.max_append_bytes = parse_u32(k, v)?,
-            "zone.zd_extension_size" => o.zone.zd_extension_size = parse_u32(k, v)?,
+            "cluster_size" => cluster_size = parse_size(v)?,
+            "zone.size" => z.size = parse_size(v)?,
+            "zone.capacity" => capacity = Some(parse_size(v)?),
+            "zone.conventional_zones" => z.conventional_zones = parse_u32(k, v)?,
+            "zone.max_open_zones" => z.max_open_zones = parse_u32(k, v)?,
+            "zone.max_active_zones" => z.max_active_zones = parse_u32(k, v)?,
+            "zone.max_append_bytes" => max_append = Some(parse_u32(k, v)?),
+            "zone.zd_extension_size" => z.zd_extension_size = parse_u32(k, v)?,
             _ => return Err(format!("Unknown option {k:?}")),
         }
     }
-    if !capacity_set {
-        o.zone.capacity = o.zone.size;
+    z.capacity = capacity.unwrap_or(z.size);
+    z.max_append_bytes = match max_append {
+        Some(m) => m,
+        None => u32::try_from(z.capacity.min(64 * KIB)).unwrap_or(64 * KIB as u32),
+    };
+    if z.max_open_zones == 0 {
+        z.max_open_zones = z.max_active_zones;
     }
-    // Like qemu-img: max_active without max_open implies max_open = max_active.
-    if active_set && !open_set {
-        o.zone.max_open_zones = o.zone.max_active_zones;
-    }
-    if open_set && !active_set && o.zone.max_active_zones != 0 {
-        o.zone.max_active_zones = o.zone.max_active_zones.max(o.zone.max_open_zones);
-    }
-    Ok(())
+    Ok(CreateOptions {
+        size,
+        cluster_size,
+        zone: z,
+    })
 }
 
 /// The QEMU arguments that attach a client to `socket`.
@@ -264,10 +273,12 @@ mod tests {
     #[test]
     fn sizes() {
         assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("0x1000"), Ok(4096));
         assert_eq!(parse_size("64K"), Ok(65536));
         assert_eq!(parse_size("64M"), Ok(64 * MIB));
         assert_eq!(parse_size("4G"), Ok(4 * GIB));
         assert_eq!(parse_size("4GiB"), Ok(4 * GIB));
+        assert_eq!(parse_size("512B"), Ok(512));
         assert_eq!(parse_size("1t"), Ok(1024 * GIB));
         assert!(parse_size("4X").is_err());
         assert!(parse_size("").is_err());
@@ -275,22 +286,38 @@ mod tests {
     }
 
     #[test]
-    fn options_string() {
-        let mut o = default_create_options();
-        apply_options(
-            &mut o,
+    fn options_string_like_qcow2zoned_create() {
+        let o = parse_create_options(
             "zone.mode=host-managed,zone.size=128M,zone.max_active_zones=8,zone.zd_extension_size=128,cluster_size=4K",
+            GIB,
         )
         .unwrap();
+        assert_eq!(o.size, GIB);
         assert_eq!(o.zone.size, 128 * MIB);
         assert_eq!(o.zone.capacity, 128 * MIB);
         assert_eq!(o.zone.max_active_zones, 8);
-        assert_eq!(o.zone.max_open_zones, 8);
+        assert_eq!(o.zone.max_open_zones, 8, "max_open defaults to max_active");
         assert_eq!(o.zone.zd_extension_size, 128);
+        assert_eq!(o.zone.max_append_bytes, 64 << 10);
         assert_eq!(o.cluster_size, 4096);
-        assert!(apply_options(&mut o, "zone.bogus=1").is_err());
-        assert!(apply_options(&mut o, "zone.size").is_err());
-        assert!(apply_options(&mut o, "zone.mode=host-aware").is_err());
+        let o = parse_create_options("zone.size=16K", GIB).unwrap();
+        assert_eq!(o.zone.max_append_bytes, 16 << 10, "capped by the capacity");
+        assert_eq!((o.zone.max_open_zones, o.zone.zd_extension_size), (0, 0));
+        assert!(parse_create_options("zone.bogus=1", GIB).is_err());
+        assert!(parse_create_options("zone.size", GIB).is_err());
+        assert!(parse_create_options("zone.mode=host-aware", GIB).is_err());
+    }
+
+    #[test]
+    fn create_options_without_o_use_znsd_defaults() {
+        let a = ServeArgs {
+            create: Some(GIB),
+            ..ServeArgs::default()
+        };
+        let o = a.create_options().unwrap();
+        assert_eq!(o.size, GIB);
+        assert_eq!(o.zone, default_create_options().zone);
+        assert_eq!(ServeArgs::default().create_options().unwrap().size, 4 * GIB);
     }
 
     #[test]
