@@ -239,6 +239,29 @@ impl Host {
 
     /// Wait for the next completion on `qid` and ring the CQ head doorbell.
     pub fn reap(&mut self, qid: u16) -> Cqe {
+        self.reap_opt(qid, true)
+    }
+
+    /// Wait for the next completion on `qid` without telling the controller (the CQ head
+    /// doorbell is left alone; see [`Host::ring_cq_head`]).
+    pub fn reap_quiet(&mut self, qid: u16) -> Cqe {
+        self.reap_opt(qid, false)
+    }
+
+    /// Ring the CQ head doorbell with the host's current head.
+    pub fn ring_cq_head(&mut self, qid: u16) {
+        let head = self.queues[usize::from(qid)].as_ref().expect("queue").head;
+        self.ring(0x1000 + 8 * u64::from(qid) + 4, head);
+    }
+
+    /// Whether a completion is visible at the host's CQ head.
+    pub fn cq_pending(&self, qid: u16) -> bool {
+        let q = self.queues[usize::from(qid)].as_ref().expect("queue");
+        let b = self.ram.read(q.cq + u64::from(q.head) * 16, 16);
+        (b[14] & 1 != 0) == q.phase
+    }
+
+    fn reap_opt(&mut self, qid: u16, ring: bool) -> Cqe {
         let t0 = Instant::now();
         loop {
             let q = self.queues[usize::from(qid)]
@@ -254,7 +277,9 @@ impl Host {
                     q.phase = !q.phase;
                 }
                 let head = q.head;
-                self.ring(0x1000 + 8 * u64::from(qid) + 4, head);
+                if ring {
+                    self.ring(0x1000 + 8 * u64::from(qid) + 4, head);
+                }
                 let w = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap());
                 return Cqe {
                     dw0: w(0),
