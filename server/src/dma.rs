@@ -307,7 +307,7 @@ pub fn memfd_mapping(
 ) -> Result<(std::os::fd::OwnedFd, SharedMapping), MapError> {
     use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
     let err = |source| MapError::Memfd {
-        name: "doorbells",
+        name: name.to_str().unwrap_or("memfd"),
         source,
     };
     let fd = memfd_create(name, MemFdCreateFlag::MFD_CLOEXEC).map_err(err)?;
@@ -406,8 +406,9 @@ impl GuestRam {
         }
     }
 
-    /// DMA_MAP: record `[iova, iova+size)`; mmap `fd` at `offset` when given.
-    /// `readable`/`writable` are the map's flags. Overlaps are refused.
+    /// DMA_MAP: record `[iova, iova+size)`; mmap `fd` at `offset` when given (read-only
+    /// unless `writable`, the map's WRITE flag). Overlaps are refused. Maps and unmaps come
+    /// from the vfio-user thread only (single writer), so check-then-publish is not racy.
     pub fn map(
         &self,
         iova: u64,
