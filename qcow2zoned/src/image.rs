@@ -384,8 +384,10 @@ impl ZonedImage {
     /// Create a new zoned image at `path` (fails if it exists).
     pub fn create(path: &Path, opts: &CreateOptions) -> ImgResult<()> {
         let plan = plan_create(opts)?;
-        let st = FileStorage::create_new(path)
-            .map_err(io_err(format!("creating {}", path.display())))?;
+        let st = FileStorage::create_new(path).map_err(|source| Error::Io {
+            context: format!("creating {}", path.display()),
+            source,
+        })?;
         let r = Self::write_new(&st, opts, plan);
         if r.is_err() {
             let _ = std::fs::remove_file(path);
@@ -410,8 +412,11 @@ impl ZonedImage {
 
     /// Open and validate; open zones come back Closed; counters rebuilt.
     pub fn open(path: &Path, opts: OpenOptions) -> ImgResult<ZonedImage> {
-        let st = FileStorage::open(path, opts.read_only, opts.direct)
-            .map_err(io_err(format!("opening {}", path.display())))?;
+        let st =
+            FileStorage::open(path, opts.read_only, opts.direct).map_err(|source| Error::Io {
+                context: format!("opening {}", path.display()),
+                source,
+            })?;
         Self::open_with(Arc::new(st), opts)
     }
 
@@ -625,9 +630,10 @@ impl ZonedImage {
         let mut g = self.lock();
         g.inflight -= 1;
         self.unlock(g);
-        r.map_err(io_err(format!(
-            "reading {len} bytes at guest offset 0x{offset:x}"
-        )))
+        r.map_err(|source| Error::Io {
+            context: format!("reading {len} bytes at guest offset 0x{offset:x}"),
+            source,
+        })
     }
 
     /// Data I/O for a reserved ticket (the guard holds the reservation, inflight counted).
@@ -669,10 +675,13 @@ impl ZonedImage {
         }
         g.inflight -= 1;
         self.unlock(g);
-        res.map_err(io_err(format!(
-            "writing {} bytes at guest offset 0x{:x}",
-            ticket.len, ticket.offset
-        )))?;
+        res.map_err(|source| Error::Io {
+            context: format!(
+                "writing {} bytes at guest offset 0x{:x}",
+                ticket.len, ticket.offset
+            ),
+            source,
+        })?;
         fin
     }
 
@@ -904,9 +913,10 @@ impl ZonedImage {
             let off = self.zm_offset + nr * 8 + u64::from(idx) * zdes as u64;
             // The extension bytes are written before the word that marks them valid; the
             // flush below syncs them before writing the word.
-            self.st.write_at(data, off).map_err(io_err(format!(
-                "writing the descriptor extension of zone {idx}"
-            )))?;
+            self.st.write_at(data, off).map_err(|source| Error::Io {
+                context: format!("writing the descriptor extension of zone {idx}"),
+                source,
+            })?;
             let s = idx as usize * zdes;
             g.zded[s..s + zdes].copy_from_slice(data);
             g.dirty_words.extend(eff.changed.iter().copied());

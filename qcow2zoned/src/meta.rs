@@ -135,8 +135,10 @@ fn merge_range(r: &mut Option<(usize, usize)>, lo: usize, hi: usize) {
 /// Read exactly `len` bytes at `off` (zeros past the end of the file).
 pub fn read_full(st: &dyn Storage, off: u64, len: usize, what: &str) -> ImgResult<Vec<u8>> {
     let mut v = vec![0u8; len];
-    st.read_at(&mut v, off)
-        .map_err(io_err(format!("reading {what} at 0x{off:x}")))?;
+    st.read_at(&mut v, off).map_err(|source| Error::Io {
+        context: format!("reading {what} at 0x{off:x}"),
+        source,
+    })?;
     Ok(v)
 }
 
@@ -596,8 +598,10 @@ impl Meta {
         for ti in dirty {
             let off = self.rt[ti];
             let b = &self.rb[&ti];
-            st.write_at(b, off)
-                .map_err(io_err(format!("writing refcount block at 0x{off:x}")))?;
+            st.write_at(b, off).map_err(|source| Error::Io {
+                context: format!("writing refcount block at 0x{off:x}"),
+                source,
+            })?;
         }
         self.rb_dirty.clear();
         st.sync_data().map_err(io_err("syncing refcount blocks"))?;
@@ -887,7 +891,10 @@ impl Meta {
             if e - s < cs {
                 if let Mapping::Data(h) = m {
                     st.write_at(&zeros[..(e - s) as usize], h + s)
-                        .map_err(io_err(format!("zeroing host range at 0x{:x}", h + s)))?;
+                        .map_err(|source| Error::Io {
+                            context: format!("zeroing host range at 0x{:x}", h + s),
+                            source,
+                        })?;
                 }
                 continue;
             }
@@ -993,8 +1000,10 @@ pub fn push_zero(out: &mut Vec<ReadSeg>, len: u64) {
 
 fn write_all(st: &dyn Storage, items: &[(u64, Vec<u8>)], what: &str) -> ImgResult<()> {
     for (off, b) in items {
-        st.write_at(b, *off)
-            .map_err(io_err(format!("writing {what} at 0x{off:x}")))?;
+        st.write_at(b, *off).map_err(|source| Error::Io {
+            context: format!("writing {what} at 0x{off:x}"),
+            source,
+        })?;
     }
     Ok(())
 }
@@ -1011,7 +1020,12 @@ pub fn write_back(
     release: &mut dyn FnMut(&[u64]) -> ImgResult<Writes>,
     extra: &[(u64, Vec<u8>)],
 ) -> ImgResult<()> {
-    let sync = |what: &str| st.sync_data().map_err(io_err(format!("syncing {what}")));
+    let sync = |what: &str| {
+        st.sync_data().map_err(|source| Error::Io {
+            context: format!("syncing {what}"),
+            source,
+        })
+    };
     if let Some(len) = snap.grow_to {
         st.grow(len).map_err(io_err("growing the image file"))?;
     }

@@ -49,8 +49,10 @@ impl Qcow2 {
                 "cluster_size {cluster_size} must be a power of two between 512 and 2097152"
             )));
         }
-        let st = FileStorage::create_new(path)
-            .map_err(io_err(format!("creating {}", path.display())))?;
+        let st = FileStorage::create_new(path).map_err(|source| Error::Io {
+            context: format!("creating {}", path.display()),
+            source,
+        })?;
         let r = write_new_image(&st, size, cluster_size.trailing_zeros(), None);
         if r.is_err() {
             let _ = std::fs::remove_file(path);
@@ -60,8 +62,11 @@ impl Qcow2 {
 
     /// Open the image at `path`.
     pub fn open(path: &Path, opts: OpenOptions) -> ImgResult<Qcow2> {
-        let st = FileStorage::open(path, opts.read_only, opts.direct)
-            .map_err(io_err(format!("opening {}", path.display())))?;
+        let st =
+            FileStorage::open(path, opts.read_only, opts.direct).map_err(|source| Error::Io {
+                context: format!("opening {}", path.display()),
+                source,
+            })?;
         Self::open_with(Arc::new(st), opts)
     }
 
@@ -130,8 +135,10 @@ impl Qcow2 {
             }
         };
         drop(g);
-        read_segments(&*self.st, &segs, bufs)
-            .map_err(io_err(format!("reading {len} bytes at 0x{offset:x}")))
+        read_segments(&*self.st, &segs, bufs).map_err(|source| Error::Io {
+            context: format!("reading {len} bytes at 0x{offset:x}"),
+            source,
+        })
     }
 
     /// Read into one buffer.
@@ -155,7 +162,10 @@ impl Qcow2 {
         let fin = self.lock().finish_write(&*self.st, plan, res.is_ok());
         // Cheap enough here: the plain image is for tools and tests.
         self.cond.notify_all();
-        res.map_err(io_err(format!("writing {len} bytes at 0x{offset:x}")))?;
+        res.map_err(|source| Error::Io {
+            context: format!("writing {len} bytes at 0x{offset:x}"),
+            source,
+        })?;
         fin?;
         if self.cache == CacheMode::WriteThrough {
             self.flush()?;
