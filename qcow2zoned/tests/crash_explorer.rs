@@ -121,6 +121,8 @@ struct Recorder {
     gate_cv: Condvar,
     /// The next write of exactly this many bytes fails with an I/O error (not stored).
     fail_len: Mutex<Option<usize>>,
+    /// Writes to let through before one fails with an I/O error.
+    fail_after: Mutex<Option<usize>>,
 }
 
 impl Recorder {
@@ -136,11 +138,16 @@ impl Recorder {
             gate: Mutex::new(Gate::default()),
             gate_cv: Condvar::new(),
             fail_len: Mutex::new(None),
+            fail_after: Mutex::new(None),
         }
     }
     /// Make the next write of exactly `len` bytes fail.
     fn fail_next_write_of(&self, len: usize) {
         *self.fail_len.lock().unwrap_or_else(|e| e.into_inner()) = Some(len);
+    }
+    /// Let `n` writes through, then fail one.
+    fn fail_after_writes(&self, n: usize) {
+        *self.fail_after.lock().unwrap_or_else(|e| e.into_inner()) = Some(n);
     }
     fn injected_failure(&self, len: usize) -> io::Result<()> {
         let mut f = self.fail_len.lock().unwrap_or_else(|e| e.into_inner());
@@ -148,7 +155,19 @@ impl Recorder {
             *f = None;
             return Err(io::Error::other("injected write error"));
         }
-        Ok(())
+        drop(f);
+        let mut c = self.fail_after.lock().unwrap_or_else(|e| e.into_inner());
+        match *c {
+            Some(0) => {
+                *c = None;
+                Err(io::Error::other("injected write error"))
+            }
+            Some(n) => {
+                *c = Some(n - 1);
+                Ok(())
+            }
+            None => Ok(()),
+        }
     }
     fn gate(&self) -> std::sync::MutexGuard<'_, Gate> {
         self.gate.lock().unwrap_or_else(|e| e.into_inner())
@@ -476,6 +495,9 @@ struct StepRec {
     durable: bool,
     /// A management command that may change zone words wholesale (not just advance a WP).
     mgmt: bool,
+    /// Failed with a host I/O error: its effect, and that of every step up to the next
+    /// completed durability point, is uncertain (merged into one step by `finish`).
+    io_error: bool,
 }
 
 struct Run {
@@ -511,6 +533,10 @@ struct Exec {
     snaps: Vec<Vec<ZSnap>>,
     live_errors: Vec<String>,
     data_rng: Rng,
+    /// Host I/O errors are part of the workload (injected), not a failure of the run.
+    io_errors_expected: bool,
+    /// The current step failed with an I/O error.
+    step_io_error: bool,
 }
 
 fn zone_start(cfg: &Config, z: u32) -> u64 {
@@ -548,6 +574,8 @@ impl Exec {
             snaps: Vec::new(),
             live_errors: Vec::new(),
             data_rng: Rng::new(seed ^ 0xDA7A),
+            io_errors_expected: false,
+            step_io_error: false,
         };
         // What a recovered image holds is the starting point of the model.
         for z in 0..cfg.zones {
@@ -570,6 +598,7 @@ impl Exec {
                 desc: "open".into(),
                 durable: true,
                 mgmt: false,
+                io_error: false,
             });
             let s = e.snapshot();
             e.snaps.push(s.clone());
@@ -636,11 +665,18 @@ impl Exec {
         *h = (*h).max(end);
     }
 
-    fn note_err(&mut self, what: &str, e: &Error) {
+    /// Record an error; returns true for a host I/O error (after which the live image may
+    /// have changed although the command failed).
+    fn note_err(&mut self, what: &str, e: &Error) -> bool {
+        if matches!(e, Error::Io { .. }) && self.io_errors_expected {
+            self.step_io_error = true;
+            return true;
+        }
         if !matches!(e, Error::Zone(_) | Error::Invalid(_)) {
             self.live_errors
                 .push(format!("{what}: unexpected error {e}"));
         }
+        false
     }
 
     /// Execute one action; returns (description, durable, mgmt).
@@ -682,7 +718,10 @@ impl Exec {
                         (desc, fua || wt, false)
                     }
                     Err(e) => {
-                        self.note_err(&desc, &e);
+                        if self.note_err(&desc, &e) && self.zinfo(zone).wp == wp + len {
+                            // The data is in; only the flush after it failed.
+                            self.push_data(zone, &data);
+                        }
                         (format!("{desc} (refused: {e})"), false, false)
                     }
                 }
@@ -700,7 +739,9 @@ impl Exec {
                         (desc, fua || wt, false)
                     }
                     Err(e) => {
-                        self.note_err(&desc, &e);
+                        if self.note_err(&desc, &e) && self.zinfo(zone).wp == wp + len {
+                            self.push_data(zone, &vec![0; len as usize]);
+                        }
                         (format!("{desc} (refused: {e})"), false, false)
                     }
                 }
@@ -725,7 +766,10 @@ impl Exec {
                         (desc, true, true)
                     }
                     Err(e) => {
-                        self.note_err(&desc, &e);
+                        if self.note_err(&desc, &e) {
+                            let after = self.img.zones(0, self.cfg.zones);
+                            self.apply_mgmt(&before, &after);
+                        }
                         (format!("{desc} (refused: {e})"), false, false)
                     }
                 }
@@ -739,7 +783,12 @@ impl Exec {
                         (desc, true, true)
                     }
                     Err(e) => {
-                        self.note_err(&desc, &e);
+                        if self.note_err(&desc, &e)
+                            && self.zinfo(zone).attrs.contains(ZoneAttrs::ZDEV)
+                        {
+                            // The live zone claims the extension although the command failed.
+                            self.zded[zone as usize] = data;
+                        }
                         (format!("{desc} (refused: {e})"), false, false)
                     }
                 }
@@ -786,6 +835,7 @@ impl Exec {
             desc,
             durable,
             mgmt,
+            io_error: std::mem::take(&mut self.step_io_error),
         });
         let s = self.snapshot();
         self.snaps.push(s);
@@ -823,6 +873,7 @@ impl Exec {
             desc: format!("flush while the data of '{desc}' is in flight"),
             durable: flushed.is_ok() && held,
             mgmt: false,
+            io_error: false,
         });
         let snap = self.make_snap(&mid_state.0, &mid_state.1);
         self.snaps.push(snap);
@@ -843,27 +894,57 @@ impl Exec {
             desc,
             durable,
             mgmt: false,
+            io_error: false,
         });
         let s = self.snapshot();
         self.snaps.push(s);
     }
 
+    /// A step that failed with an I/O error may have changed the image anyway, and so may
+    /// every step after it until a durability point completes: merge them into one step
+    /// whose effect is either entirely absent or present (per zone).
+    fn merge_uncertain(&mut self) {
+        let Some(u) = self.steps.iter().position(|s| s.io_error) else {
+            return;
+        };
+        let v = (u..self.steps.len())
+            .find(|&j| j > u && self.steps[j].durable)
+            .unwrap_or(self.steps.len() - 1);
+        let merged = StepRec {
+            start: self.steps[u].start,
+            end: self.steps[v].end,
+            desc: format!(
+                "{} and the {} steps after it (I/O error)",
+                self.steps[u].desc,
+                v - u
+            ),
+            durable: self.steps[v].durable,
+            mgmt: true,
+            io_error: true,
+        };
+        self.steps.splice(u..=v, [merged]);
+        self.snaps.drain(u + 1..v + 1);
+    }
+
     fn finish(mut self, seed: u64, base: Vec<u8>) -> Run {
         let start = self.rec.op_count();
         let r = std::mem::replace(&mut self.img, dummy_image()).close();
+        let closed = r.is_ok();
         if let Err(e) = r {
-            self.live_errors.push(format!("close: {e}"));
+            self.note_err("close", &e);
         }
         let end = self.rec.op_count();
         self.steps.push(StepRec {
             start,
             end,
             desc: "close".into(),
-            durable: true,
+            durable: closed,
             mgmt: false,
+            io_error: std::mem::take(&mut self.step_io_error),
         });
         let last = self.snaps.last().cloned().unwrap_or_default();
         self.snaps.push(last);
+        self.merge_uncertain();
         Run {
             cfg: self.cfg,
             seed,
@@ -1021,6 +1102,30 @@ fn run_random(cfg: Config, seed: u64, nsteps: usize, from: Option<Vec<u8>>) -> R
     let mut forced = 0;
     for _ in 0..nsteps {
         let a = random_action(&mut rng, &e, &mut forced);
+        e.step(&a);
+    }
+    e.finish(seed, base)
+}
+
+/// A random workload in which one host write fails: at step `at`, `after` more writes go
+/// through and the next one fails with an I/O error.
+fn run_random_with_io_error(cfg: Config, seed: u64, nsteps: usize, at: usize, after: usize) -> Run {
+    let (mut e, base) = Exec::new(cfg, seed, Fault::None, None);
+    e.io_errors_expected = true;
+    let mut rng = Rng::new(seed);
+    let mut forced = 0;
+    for i in 0..nsteps {
+        if i == at {
+            e.rec.fail_after_writes(after);
+        }
+        let a = match random_action(&mut rng, &e, &mut forced) {
+            Action::WriteRacingFlush { zone, len } => Action::Write {
+                zone,
+                len,
+                fua: false,
+            },
+            a => a,
+        };
         e.step(&a);
     }
     e.finish(seed, base)
@@ -1218,17 +1323,29 @@ struct Expect<'a> {
     post: &'a [ZSnap],
     inflight: Option<usize>,
     mgmt_inflight: bool,
+    /// The step in flight failed with an I/O error (merged with the steps after it).
+    uncertain: bool,
 }
 
 fn expectations(run: &Run, pos: usize) -> Expect<'_> {
     let k = run.steps.partition_point(|s| s.end <= pos);
-    let inflight =
+    let mut inflight =
         (k < run.steps.len() && run.steps[k].start <= pos && pos < run.steps[k].end).then_some(k);
+    // A step that failed with an I/O error and was never followed by a completed
+    // durability point stays uncertain to the end of the log.
+    if inflight.is_none()
+        && k > 0
+        && k == run.steps.len()
+        && run.steps[k - 1].io_error
+        && !run.steps[k - 1].durable
+    {
+        inflight = Some(k - 1);
+    }
     let floor = match run.steps[..k].iter().rposition(|s| s.durable) {
         Some(d) => &run.snaps[d + 1],
         None => &run.snaps[0],
     };
-    let prev = &run.snaps[k];
+    let prev = &run.snaps[inflight.unwrap_or(k)];
     let post = match inflight {
         Some(j) => &run.snaps[j + 1],
         None => prev,
@@ -1239,6 +1356,7 @@ fn expectations(run: &Run, pos: usize) -> Expect<'_> {
         post,
         inflight,
         mgmt_inflight: inflight.is_some_and(|j| run.steps[j].mgmt),
+        uncertain: inflight.is_some_and(|j| run.steps[j].io_error),
     }
 }
 
@@ -1389,7 +1507,9 @@ fn check_zone(run: &Run, z: u32, ex: &Expect<'_>, o: &Outcome<'_>) -> Result<(),
     let mut scen: Vec<(&ZSnap, u64, u64)> = Vec::new();
     if ex.mgmt_inflight && p != q {
         scen.push((p, lo_of(p), p.wp));
-        scen.push((q, q.wp, q.wp));
+        // A completed command lands exactly; the steps after an I/O error may have left
+        // their last writes out.
+        scen.push((q, if ex.uncertain { lo_of(q) } else { q.wp }, q.wp));
     } else {
         scen.push((q, lo_of(q), q.wp));
     }
@@ -1689,7 +1809,7 @@ fn explore_window(
     }
     for var in variants {
         let pieces = choose_pieces(rng, &run.ops, pending, var);
-        let clean = end && var == Variant::None;
+        let clean = end && var == Variant::None && run.steps.last().is_some_and(|s| s.durable);
         let mut crng = rng.clone();
         let v = check_state(
             run,
@@ -2325,4 +2445,53 @@ fn recovery_from_a_crash_inside_a_reset_never_exposes_old_data() {
         assert!(stats.states > 20, "{} states", stats.states);
         assert_eq!(stats.violating, 0, "{}: {:#?}", cfg.name, stats.reports);
     }
+}
+
+/// Crash states after a host write error somewhere in a random workload: what was durable
+/// before the error must survive, and a failed command may have taken effect or not, but
+/// nothing else. Ignored while the library has the two known bugs above (this test finds
+/// them: a failed Reset followed by writes, a failed Set ZDE followed by a flush).
+#[test]
+#[ignore = "finds the known library bugs after I/O errors (see the regression tests above)"]
+fn io_error_then_crash_states_keep_the_contract() {
+    let t0 = Instant::now();
+    let mut stats = Stats::default();
+    let budget = Budget {
+        window_pct: 100,
+        variants: 3,
+        minimize: false,
+    };
+    let mut failed_steps = 0;
+    let runs = if soak() { 6 } else { 2 };
+    for (ci, cfg) in CONFIGS.iter().enumerate() {
+        for k in 0..runs {
+            let seed = seed_base() + 0xE000 + (ci as u64) * 100 + k;
+            let mut rng = Rng::new(seed);
+            let at = 5 + rng.below(20) as usize;
+            let after = rng.below(8) as usize;
+            let run = run_random_with_io_error(*cfg, seed, 35, at, after);
+            failed_steps += run.steps.iter().filter(|s| s.io_error).count();
+            explore_run(&run, seed, &budget, &mut stats);
+        }
+    }
+    println!(
+        "crash-explorer (I/O errors): {} states explored, {} violations ({:.1}s; {failed_steps} runs with a failed step)",
+        stats.states,
+        stats.violating,
+        t0.elapsed().as_secs_f64()
+    );
+    for r in &stats.reports {
+        println!("VIOLATION {r}");
+    }
+    if !stats.rules.is_empty() {
+        println!(
+            "crash-explorer (I/O errors): violations by rule: {:?}",
+            stats.rules
+        );
+    }
+    assert!(failed_steps > 0, "no injected error hit a step");
+    assert_eq!(
+        stats.violating, 0,
+        "crash states after an I/O error violate the contract"
+    );
 }
