@@ -534,6 +534,18 @@ impl ZonedImage {
         g
     }
 
+    /// Once a metadata write-back has failed, memory and disk may disagree (a reset that is
+    /// live but not durable, say): refuse every further change until the image is reopened.
+    fn healthy(g: &Inner) -> ImgResult<()> {
+        if g.meta.failed {
+            return Err(Error::Io {
+                context: "an earlier metadata write-back failed; reopen the image".into(),
+                source: std::io::Error::other("image metadata poisoned"),
+            });
+        }
+        Ok(())
+    }
+
     fn check_writable(&self) -> ImgResult<()> {
         if self.read_only {
             return Err(Error::Invalid("image opened read-only".into()));
@@ -692,6 +704,7 @@ impl ZonedImage {
         let len = total_len(bufs);
         self.check_range(offset, len)?;
         let mut g = self.lock_io();
+        Self::healthy(&g)?;
         let ticket = g.zones.begin_write(offset, len)?;
         g.inflight += 1;
         self.run_write(g, &ticket, bufs)?;
@@ -706,6 +719,7 @@ impl ZonedImage {
         self.check_writable()?;
         self.check_range(offset, len)?;
         let mut g = self.lock_io();
+        Self::healthy(&g)?;
         let ticket = g.zones.begin_write(offset, len)?;
         g.inflight += 1;
         if let Some(e) = ticket.evicted {
@@ -748,6 +762,7 @@ impl ZonedImage {
         }
         self.check_range(zone_start, len)?;
         let mut g = self.lock_io();
+        Self::healthy(&g)?;
         let ticket = g.zones.begin_append(zone_start, len)?;
         g.inflight += 1;
         self.run_write(g, &ticket, bufs)?;
@@ -765,12 +780,7 @@ impl ZonedImage {
         let _p = self.persist.lock().unwrap_or_else(|e| e.into_inner());
         let (snap, ids, extra) = {
             let mut g = self.lock();
-            if g.meta.failed {
-                return Err(Error::Io {
-                    context: "an earlier metadata write-back failed; reopen the image".into(),
-                    source: std::io::Error::other("image metadata poisoned"),
-                });
-            }
+            Self::healthy(&g)?;
             let snap = g.meta.take_dirty();
             let ids: Vec<u32> = std::mem::take(&mut g.dirty_words).into_iter().collect();
             let mut extra: Vec<(u64, Vec<u8>)> = Vec::new();
@@ -828,7 +838,13 @@ impl ZonedImage {
         while g.inflight > 0 {
             g = self.wait(g);
         }
-        let r = f(g);
+        let r = match Self::healthy(&g) {
+            Ok(()) => f(g),
+            Err(e) => {
+                drop(g);
+                Err(e)
+            }
+        };
         let mut g = self.lock();
         g.mgmt = false;
         self.unlock(g);
@@ -908,7 +924,9 @@ impl ZonedImage {
             )));
         }
         self.quiesced(|mut g| {
-            let eff = g.zones.set_zde(idx)?;
+            // Decide on a copy: the zone changes only once the extension bytes are written.
+            let mut trial = g.zones.clone();
+            let eff = trial.set_zde(idx)?;
             let nr = u64::from(self.info.geometry.nr_zones);
             let off = self.zm_offset + nr * 8 + u64::from(idx) * zdes as u64;
             // The extension bytes are written before the word that marks them valid; the
@@ -917,6 +935,7 @@ impl ZonedImage {
                 context: format!("writing the descriptor extension of zone {idx}"),
                 source,
             })?;
+            g.zones = trial;
             let s = idx as usize * zdes;
             g.zded[s..s + zdes].copy_from_slice(data);
             g.dirty_words.extend(eff.changed.iter().copied());
