@@ -107,8 +107,9 @@ struct RecInner {
 /// something else runs.
 #[derive(Default)]
 struct Gate {
-    /// Armed: the next write of at least this many bytes waits for `open`.
-    min_len: Option<usize>,
+    /// Armed: the next write whose bytes contain this pattern waits for `open` (the
+    /// pattern is the start of a write payload, so metadata writes never match).
+    pattern: Option<Vec<u8>>,
     blocked: bool,
     open: bool,
 }
@@ -172,10 +173,10 @@ impl Recorder {
     fn gate(&self) -> std::sync::MutexGuard<'_, Gate> {
         self.gate.lock().unwrap_or_else(|e| e.into_inner())
     }
-    /// Hold back the next write of at least `min_len` bytes.
-    fn arm(&self, min_len: usize) {
+    /// Hold back the next write containing `pattern`.
+    fn arm(&self, pattern: &[u8]) {
         *self.gate() = Gate {
-            min_len: Some(min_len),
+            pattern: Some(pattern.to_vec()),
             blocked: false,
             open: false,
         };
@@ -185,7 +186,7 @@ impl Recorder {
         let mut g = self.gate();
         while !g.blocked {
             if gave_up() {
-                g.min_len = None;
+                g.pattern = None;
                 return false;
             }
             g = self
@@ -199,7 +200,7 @@ impl Recorder {
     fn open_gate(&self) {
         let mut g = self.gate();
         g.open = true;
-        g.min_len = None;
+        g.pattern = None;
         self.gate_cv.notify_all();
     }
     fn lock(&self) -> std::sync::MutexGuard<'_, RecInner> {
@@ -214,8 +215,12 @@ impl Recorder {
     fn record_write(&self, off: u64, data: Vec<u8>) {
         {
             let mut g = self.gate();
-            if g.min_len.is_some_and(|m| data.len() >= m) {
-                g.min_len = None;
+            let hit = g
+                .pattern
+                .as_ref()
+                .is_some_and(|p| data.windows(p.len()).any(|w| w == &p[..]));
+            if hit {
+                g.pattern = None;
                 g.blocked = true;
                 self.gate_cv.notify_all();
                 while !g.open {
@@ -853,7 +858,7 @@ impl Exec {
         );
         let start = self.rec.op_count();
         let (img, rec, nz) = (&self.img, &self.rec, self.cfg.zones);
-        rec.arm(SECTOR);
+        rec.arm(&data[..16.min(data.len())]);
         let (held, flushed, mid, mid_state, wr) = std::thread::scope(|sc| {
             let h = sc.spawn(|| img.write(wp, &[IoSlice::new(&data)], false));
             let held = rec.wait_blocked(|| h.is_finished());
