@@ -200,6 +200,8 @@ pub(crate) struct Ctrl {
     pub page_size: AtomicU64,
     /// Volatile write cache enabled (Feature 06h).
     pub wce: AtomicBool,
+    /// Some asynchronous event is queued (lets idle pollers skip the events lock).
+    pub events_pending: AtomicBool,
 }
 
 impl Ctrl {
@@ -237,6 +239,7 @@ impl Ctrl {
             css: AtomicU8::new(0),
             page_size: AtomicU64::new(4096),
             wce: AtomicBool::new(wce),
+            events_pending: AtomicBool::new(false),
         })
     }
 
@@ -361,6 +364,7 @@ impl Ctrl {
                 admin.features = Features::default();
                 io.clear();
                 lock(&self.events).queue.clear();
+                self.events_pending.store(false, Ordering::Release);
                 self.css.store(cc.css(), Ordering::Release);
                 self.page_size.store(cc.page_size(), Ordering::Release);
                 self.wce
@@ -393,6 +397,7 @@ impl Ctrl {
         {
             let mut ev = lock(&self.events);
             ev.queue.clear();
+            self.events_pending.store(false, Ordering::Release);
             ev.masked = 0;
         }
         if let Err(e) = self.ns.flush() {
@@ -563,6 +568,7 @@ impl Ctrl {
             events.error_count += 1;
         }
         events.queue.push_back(ev);
+        self.events_pending.store(true, Ordering::Release);
     }
 
     pub fn process_admin(&self, env: &HostEnv<'_>) -> usize {
@@ -609,6 +615,8 @@ impl Ctrl {
             admin.aers.pop_front();
             let mut events = lock(&self.events);
             events.queue.pop_front();
+            self.events_pending
+                .store(!events.queue.is_empty(), Ordering::Release);
             events.masked |= 1 << (ev.dw0 & 0x7);
             delivered += 1;
             tracing::debug!(cid, dw0 = ev.dw0, "asynchronous event reported");
@@ -642,7 +650,7 @@ impl Ctrl {
         drop(io);
         // Events raised here (invalid doorbell values) go to a waiting AER now, unless the
         // admin side is busy; it delivers them at the end of its next pass anyway.
-        if !lock(&self.events).queue.is_empty() {
+        if self.events_pending.load(Ordering::Acquire) {
             if let Ok(mut admin) = self.admin.try_lock() {
                 if self.running() {
                     self.deliver_events(env, &mut admin);
