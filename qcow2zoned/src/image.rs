@@ -637,9 +637,11 @@ impl ZonedImage {
             }
         };
         g.inflight += 1;
+        let seq = g.meta.begin_io();
         drop(g);
         let r = read_segments(&*self.st, &segs, bufs);
         let mut g = self.lock();
+        g.meta.end_io(seq);
         g.inflight -= 1;
         self.unlock(g);
         r.map_err(|source| Error::Io {
@@ -795,7 +797,7 @@ impl ZonedImage {
             }
             (snap, ids, extra)
         };
-        let mut release = |f: &[u64]| {
+        let mut release = |f: &[(u64, u64)]| {
             let mut g = self.lock();
             let inner = &mut *g;
             inner.meta.release(&*self.st, f)

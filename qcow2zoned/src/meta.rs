@@ -87,6 +87,8 @@ pub struct WritePlan {
     commits: Vec<(u64, u64)>,
     /// Clusters taken from free space for this plan (returned on failure).
     fresh: Vec<u64>,
+    /// I/O sequence number (see `Meta::begin_io`).
+    seq: u64,
 }
 
 /// Dirty metadata captured for write-back.
@@ -97,7 +99,7 @@ pub struct Snapshot {
     rt: Vec<(u64, Vec<u8>)>,
     l2: Vec<(u64, Vec<u8>)>,
     l1: Vec<(u64, Vec<u8>)>,
-    frees: Vec<u64>,
+    frees: Vec<(u64, u64)>,
 }
 
 fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
@@ -174,7 +176,13 @@ pub struct Meta {
     pub end_cluster: u64,
     file_clusters: u64,
     pending: HashSet<u64>,
-    deferred_free: Vec<u64>,
+    /// (host cluster, I/O sequence at the time it was unmapped): freed once the L2 change
+    /// is durable and every I/O planned before the unmap has finished.
+    deferred_free: Vec<(u64, u64)>,
+    /// Next I/O sequence number.
+    io_seq: u64,
+    /// I/O planned but not finished, by sequence number.
+    io_inflight: BTreeMap<u64, u32>,
     /// Free clusters known to read as zeros (holes punched this session).
     clean: HashSet<u64>,
     /// A write-back failed: further flushes fail.
@@ -334,6 +342,8 @@ impl Meta {
             file_clusters,
             pending: HashSet::new(),
             deferred_free: Vec::new(),
+            io_seq: 0,
+            io_inflight: BTreeMap::new(),
             clean: HashSet::new(),
             failed: false,
             read_only,
@@ -723,6 +733,25 @@ impl Meta {
                 .any(|c| self.pending.contains(&c))
     }
 
+    /// Register an I/O that is about to touch host clusters outside the lock; clusters
+    /// unmapped after this point are not freed before the matching `end_io`.
+    pub fn begin_io(&mut self) -> u64 {
+        let seq = self.io_seq;
+        self.io_seq += 1;
+        *self.io_inflight.entry(seq).or_insert(0) += 1;
+        seq
+    }
+
+    /// The I/O registered as `seq` is done.
+    pub fn end_io(&mut self, seq: u64) {
+        if let Some(n) = self.io_inflight.get_mut(&seq) {
+            *n -= 1;
+            if *n == 0 {
+                self.io_inflight.remove(&seq);
+            }
+        }
+    }
+
     /// Plan a read of guest `[off, off+len)`.
     pub fn plan_read(
         &mut self,
@@ -768,6 +797,7 @@ impl Meta {
                 for (gc, _) in &plan.commits {
                     self.pending.insert(*gc);
                 }
+                plan.seq = self.begin_io();
                 Ok(Plan::Ready(plan))
             }
             Err(e) => {
@@ -851,6 +881,7 @@ impl Meta {
 
     /// After the data I/O of `plan`: link new clusters (`ok`) or give them back.
     pub fn finish_write(&mut self, st: &dyn Storage, plan: WritePlan, ok: bool) -> ImgResult<()> {
+        self.end_io(plan.seq);
         for (gc, _) in &plan.commits {
             self.pending.remove(gc);
         }
@@ -902,7 +933,7 @@ impl Meta {
                 Mapping::Unallocated | Mapping::Zero(None) => {}
                 Mapping::Data(h) | Mapping::Zero(Some(h)) => {
                     self.set_l2(st, gc, if discard { 0 } else { ZERO_FLAG })?;
-                    self.deferred_free.push(h);
+                    self.deferred_free.push((h, self.io_seq));
                 }
             }
         }
@@ -941,10 +972,18 @@ impl Meta {
     }
 
     /// Release clusters whose references are durably gone; returns refcount writes to do.
-    pub fn release(&mut self, st: &dyn Storage, frees: &[u64]) -> ImgResult<Writes> {
+    pub fn release(&mut self, st: &dyn Storage, frees: &[(u64, u64)]) -> ImgResult<Writes> {
+        // A cluster may still be the target of an I/O planned before it was unmapped (a
+        // host racing its own write-zeroes): keep those for a later write-back.
+        let oldest = self.io_inflight.keys().next().copied();
+        let (ready, later): (Vec<_>, Vec<_>) = frees
+            .iter()
+            .partition(|(_, seq)| oldest.is_none_or(|o| o >= *seq));
+        self.deferred_free.extend(later);
+        let frees: Vec<u64> = ready.into_iter().map(|(h, _)| h).collect();
         // Punch the freed clusters first (nothing references them any more), so they read
         // as zeros and can be reused without zero padding.
-        let mut sorted = frees.to_vec();
+        let mut sorted = frees.clone();
         sorted.sort_unstable();
         let mut i = 0;
         while i < sorted.len() {
@@ -963,7 +1002,7 @@ impl Meta {
             }
             i = j;
         }
-        for h in frees {
+        for h in &frees {
             self.adjust_refcount(st, h / self.cs, -1)?;
         }
         let mut out = Vec::new();
@@ -1011,13 +1050,17 @@ fn write_all(st: &dyn Storage, items: &[(u64, Vec<u8>)], what: &str) -> ImgResul
 /// Positioned writes: (file offset, bytes).
 pub type Writes = Vec<(u64, Vec<u8>)>;
 
+/// Turns unmapped clusters (host offset, I/O sequence) into refcount writes, under the
+/// owner's lock.
+pub type Release<'a> = dyn FnMut(&[(u64, u64)]) -> ImgResult<Writes> + 'a;
+
 /// Persist a snapshot in crash-safe order, then `extra` (zone words, ...) after everything
 /// they depend on is durable, then sync. `release` is called (under the owner's lock) to
 /// turn deferred frees into refcount writes once the L2 changes are durable.
 pub fn write_back(
     st: &dyn Storage,
     snap: Snapshot,
-    release: &mut dyn FnMut(&[u64]) -> ImgResult<Writes>,
+    release: &mut Release<'_>,
     extra: &[(u64, Vec<u8>)],
 ) -> ImgResult<()> {
     let sync = |what: &str| {

@@ -134,8 +134,11 @@ impl Qcow2 {
                 Plan::Wait => g = self.wait(g),
             }
         };
+        let seq = g.begin_io();
         drop(g);
-        read_segments(&*self.st, &segs, bufs).map_err(|source| Error::Io {
+        let r = read_segments(&*self.st, &segs, bufs);
+        self.lock().end_io(seq);
+        r.map_err(|source| Error::Io {
             context: format!("reading {len} bytes at 0x{offset:x}"),
             source,
         })
@@ -221,7 +224,7 @@ impl Qcow2 {
             }
             g.take_dirty()
         };
-        let mut release = |f: &[u64]| self.lock().release(&*self.st, f);
+        let mut release = |f: &[(u64, u64)]| self.lock().release(&*self.st, f);
         let r = write_back(&*self.st, snap, &mut release, &[]);
         if r.is_err() {
             let mut g = self.lock();
