@@ -166,7 +166,7 @@ pub fn classify(offset: u64, len: usize) -> Bar0Access {
 fn info(index: u32, size: u64, flags: u32) -> ServerRegion {
     ServerRegion {
         region_info: vfio_region_info {
-            argsz: std::mem::size_of::<vfio_region_info>() as u32,
+            argsz: u32::try_from(std::mem::size_of::<vfio_region_info>()).unwrap_or(u32::MAX),
             flags,
             index,
             cap_offset: 0,

@@ -139,6 +139,9 @@ fn parse_lba_size(s: &str) -> Result<u32, String> {
     }
 }
 
+/// Zone append limit when not given (qcow2zoned's default).
+const DEFAULT_MAX_APPEND: u32 = 64 << 10;
+
 /// Virtual size of an image created without `--create`.
 pub const DEFAULT_SIZE: u64 = 4 * GIB;
 
@@ -154,7 +157,7 @@ pub fn default_create_options() -> CreateOptions {
             conventional_zones: 0,
             max_open_zones: 16,
             max_active_zones: 16,
-            max_append_bytes: 64 * KIB as u32,
+            max_append_bytes: DEFAULT_MAX_APPEND,
             zd_extension_size: 64,
         },
     }
@@ -236,7 +239,7 @@ pub fn parse_create_options(s: &str, size: u64) -> Result<CreateOptions, String>
     z.capacity = capacity.unwrap_or(z.size);
     z.max_append_bytes = match max_append {
         Some(m) => m,
-        None => u32::try_from(z.capacity.min(64 * KIB)).unwrap_or(64 * KIB as u32),
+        None => u32::try_from(z.capacity.min(64 * KIB)).unwrap_or(DEFAULT_MAX_APPEND),
     };
     if z.max_open_zones == 0 {
         z.max_open_zones = z.max_active_zones;

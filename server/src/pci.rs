@@ -31,12 +31,18 @@ pub const CLASS_CODE: u32 = 0x010802;
 /// Revision.
 pub const REVISION: u8 = 2;
 
+/// Offset of the PM capability (as a config byte, for pointers).
+const PM_CAP_PTR: u8 = 0x40;
+/// Offset of the MSI-X capability (as a config byte).
+const MSIX_CAP_PTR: u8 = 0x50;
+/// Offset of the PCI Express capability (as a config byte).
+const PCIE_CAP_PTR: u8 = 0x60;
 /// Offset of the PM capability.
-pub const PM_CAP: usize = 0x40;
+pub const PM_CAP: usize = PM_CAP_PTR as usize;
 /// Offset of the MSI-X capability.
-pub const MSIX_CAP: usize = 0x50;
+pub const MSIX_CAP: usize = MSIX_CAP_PTR as usize;
 /// Offset of the PCI Express capability.
-pub const PCIE_CAP: usize = 0x60;
+pub const PCIE_CAP: usize = PCIE_CAP_PTR as usize;
 
 /// Command register bits.
 pub mod command {
@@ -103,25 +109,23 @@ impl ConfigSpace {
         c.set16(0x02, DEVICE_ID);
         c.set16(0x06, 1 << 4); // Status: capabilities list.
         c.bytes[0x08] = REVISION;
-        c.bytes[0x09] = (CLASS_CODE & 0xff) as u8;
-        c.bytes[0x0a] = ((CLASS_CODE >> 8) & 0xff) as u8;
-        c.bytes[0x0b] = ((CLASS_CODE >> 16) & 0xff) as u8;
+        c.bytes[0x09..0x0c].copy_from_slice(&CLASS_CODE.to_le_bytes()[..3]);
         c.set32(0x10, 0x4); // BAR0: memory, 64-bit, non-prefetchable. BAR1 upper half = 0.
         c.set16(0x2c, SUBSYS_VENDOR_ID);
         c.set16(0x2e, SUBSYS_ID);
-        c.bytes[0x34] = PM_CAP as u8;
+        c.bytes[0x34] = PM_CAP_PTR;
         c.bytes[0x3d] = 1; // Interrupt pin INTA.
 
         // Power management: version 3; PMCSR No_Soft_Reset.
         c.bytes[PM_CAP] = 0x01;
-        c.bytes[PM_CAP + 1] = MSIX_CAP as u8;
+        c.bytes[PM_CAP + 1] = MSIX_CAP_PTR;
         c.set16(PM_CAP + 2, 0x0003);
         c.set16(PM_CAP + 4, 0x0008);
 
         // MSI-X: table in BAR4 at 0, PBA in BAR5 at 0.
         let vectors = msix_vectors.clamp(1, 2048);
         c.bytes[MSIX_CAP] = 0x11;
-        c.bytes[MSIX_CAP + 1] = PCIE_CAP as u8;
+        c.bytes[MSIX_CAP + 1] = PCIE_CAP_PTR;
         c.set16(MSIX_CAP + 2, vectors - 1);
         c.set32(MSIX_CAP + 4, 4);
         c.set32(MSIX_CAP + 8, 5);
