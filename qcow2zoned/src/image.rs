@@ -888,9 +888,11 @@ impl ZonedImage {
         }
         self.quiesced(|mut g| {
             let eff = match zone {
-                Some(i) => g.zones.action(i, action)?,
-                None => g.zones.action_all(action)?,
-            };
+                Some(i) => g.zones.action(i, action),
+                None => g.zones.action_all(action),
+            }
+            .inspect_err(|e| tracing::debug!(?zone, ?action, reason = %e, "zone action refused"))?;
+            tracing::debug!(?zone, ?action, changed = eff.changed.len(), "zone action");
             g.dirty_words.extend(eff.changed.iter().copied());
             if action == ZoneAction::Reset {
                 // The word goes first: above the write pointer everything reads as zeros
@@ -972,6 +974,14 @@ impl ZonedImage {
             drop(g);
             self.flush()
         })
+    }
+
+    /// Resizing a zoned image would change nr_zones under the zone words: always refused.
+    pub fn resize(&self, new_size: u64) -> ImgResult<()> {
+        Err(Error::Unsupported(format!(
+            "resize of a zoned image (from {} to {new_size} bytes)",
+            self.info.size
+        )))
     }
 
     /// Flush and close.

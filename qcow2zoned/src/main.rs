@@ -61,6 +61,13 @@ enum Cmd {
         /// Image file.
         file: PathBuf,
     },
+    /// Resize: refused for zoned images (the zone count is part of the format).
+    Resize {
+        /// Image file.
+        file: PathBuf,
+        /// New size.
+        size: String,
+    },
     /// Run qemu-io style commands: write, read, zrp, zo, zc, zf, zrs, zap, flush.
     Io {
         /// Image file.
@@ -512,6 +519,13 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Cmd::Check { output, file } => cmd_check(&file, output),
         Cmd::Zones { output, file } => cmd_zones(&file, output),
         Cmd::Io { file, commands } => cmd_io(&file, &commands),
+        Cmd::Resize { file, size } => {
+            let size = parse_size(&size)?;
+            let img = open_ro(&file)?;
+            img.resize(size)
+                .map_err(|e| format!("{}: {e}", file.display()))?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

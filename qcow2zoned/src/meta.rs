@@ -1063,6 +1063,14 @@ pub fn write_back(
     release: &mut Release<'_>,
     extra: &[(u64, Vec<u8>)],
 ) -> ImgResult<()> {
+    tracing::trace!(
+        refcount_writes = snap.rb.len(),
+        l2_writes = snap.l2.len(),
+        l1_writes = snap.l1.len(),
+        frees = snap.frees.len(),
+        extra = extra.len(),
+        "metadata write-back"
+    );
     let sync = |what: &str| {
         st.sync_data().map_err(|source| Error::Io {
             context: format!("syncing {what}"),

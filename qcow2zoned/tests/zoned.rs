@@ -110,3 +110,47 @@ fn finish_zeroes_above_the_write_pointer_and_persists() {
     assert!(r[..10000].iter().all(|&b| b == 7));
     assert!(r[10000..].iter().all(|&b| b == 0));
 }
+
+#[test]
+fn header_rewrite_keeps_unknown_extensions_and_clears_autoclear_bits() {
+    let d = tmp();
+    let f = path_in(&d, "h.qcow2");
+    ZonedImage::create(&f, &opts(4 * MIB, MIB, 65536)).unwrap();
+    let mut b = std::fs::read(&f).unwrap();
+    // Insert an unknown extension right before the end marker, set an autoclear bit.
+    let mut off = 112;
+    loop {
+        let t = u32::from_be_bytes(b[off..off + 4].try_into().unwrap());
+        if t == 0 {
+            break;
+        }
+        let l = u32::from_be_bytes(b[off + 4..off + 8].try_into().unwrap()) as usize;
+        off += 8 + l.div_ceil(8) * 8;
+    }
+    let ext = [
+        0x12, 0x34, 0x56, 0x78, 0, 0, 0, 5, b'h', b'e', b'l', b'l', b'o', 0, 0, 0,
+    ];
+    b[off..off + 16].copy_from_slice(&ext);
+    b[off + 16..off + 24].fill(0);
+    b[95] |= 1;
+    std::fs::write(&f, &b).unwrap();
+    {
+        let img = open(&f);
+        write(&img, 0, &[1; 4096]);
+        img.close().unwrap();
+    }
+    let a = std::fs::read(&f).unwrap();
+    assert_eq!(
+        a[95] & 1,
+        0,
+        "autoclear bits are cleared on a writable open"
+    );
+    assert!(
+        a[..65536].windows(16).any(|w| w == ext),
+        "unknown extension lost"
+    );
+    let img = open(&f);
+    assert_eq!(read(&img, 0, 4096), vec![1; 4096]);
+    let e = img.resize(8 * MIB).unwrap_err().to_string();
+    assert!(e.contains("resize of a zoned image"), "{e}");
+}
