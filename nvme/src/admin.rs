@@ -92,7 +92,7 @@ impl Ctrl {
                     );
                     return Outcome::status(Status::INVALID_FIELD);
                 }
-                self.get_log(lid, rae, offset, len, csi, nsid)
+                self.get_log(&admin.features, lid, rae, offset, len, csi, nsid)
                     .and_then(|d| self.send_data(env, dptr, &d))
                     .into()
             }
@@ -338,6 +338,14 @@ impl Ctrl {
                     0 => f.temp_over = tmpth,
                     1 => f.temp_under = tmpth,
                     _ => return invalid("threshold type reserved"),
+                }
+                // Crossing a threshold is a SMART temperature warning (reported through an
+                // AER when enabled in the Asynchronous Event Configuration).
+                if crate::log::temperature_warning(f) && f.async_event_cfg & (1 << 1) != 0 {
+                    self.raise_event(crate::ctrl::AsyncEvent {
+                        dw0: 0x1 | (0x01 << 8) | (u32::from(crate::log::lid::SMART) << 16),
+                        dw1: 0,
+                    });
                 }
             }
             fid::VWC => {

@@ -2,7 +2,7 @@
 //! Supported and Effects (per CSI) and the ZNS Changed Zone List.
 
 use crate::cmd::{admin_opc, io_opc};
-use crate::ctrl::{lock, Ctrl};
+use crate::ctrl::{lock, Ctrl, Features};
 use crate::identify::{CSI_NVM, CSI_ZNS, FIRMWARE};
 use crate::io::{NSID, NSID_ALL};
 use crate::status::Status;
@@ -32,6 +32,11 @@ pub mod lid {
     pub const CHANGED_ZONES: u8 = 0xBF;
 }
 
+/// Whether the composite temperature is beyond a threshold set with Feature 04h.
+pub(crate) fn temperature_warning(f: &Features) -> bool {
+    TEMPERATURE > f.temp_over || TEMPERATURE < f.temp_under
+}
+
 /// Effects entry bits.
 const CSUPP: u32 = 1 << 0;
 const LBCC: u32 = 1 << 1;
@@ -48,8 +53,10 @@ fn event_type_of(lid: u8) -> Option<u8> {
 
 impl Ctrl {
     /// Build the requested part of a log page: bytes `offset..offset+len`, clipped to the page.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn get_log(
         &self,
+        features: &Features,
         lid: u8,
         rae: bool,
         offset: u64,
@@ -57,7 +64,7 @@ impl Ctrl {
         csi: u8,
         nsid: u32,
     ) -> Result<Vec<u8>, Status> {
-        let page = self.log_page(lid, csi, nsid)?;
+        let page = self.log_page(features, lid, csi, nsid)?;
         if !offset.is_multiple_of(4) || offset >= page.len() as u64 {
             tracing::debug!(
                 lid,
@@ -79,14 +86,20 @@ impl Ctrl {
         Ok(page[start..end].to_vec())
     }
 
-    fn log_page(&self, lid: u8, csi: u8, nsid: u32) -> Result<Vec<u8>, Status> {
+    fn log_page(
+        &self,
+        features: &Features,
+        lid: u8,
+        csi: u8,
+        nsid: u32,
+    ) -> Result<Vec<u8>, Status> {
         match lid {
             lid::ERROR => Ok(vec![0u8; 64]),
             lid::SMART => {
                 if !matches!(nsid, 0 | NSID | NSID_ALL) {
                     return Err(Status::INVALID_NS);
                 }
-                Ok(self.smart().as_bytes().to_vec())
+                Ok(self.smart(features).as_bytes().to_vec())
             }
             lid::FW_SLOT => {
                 let mut f = FwSlotLog::new_zeroed();
@@ -116,8 +129,10 @@ impl Ctrl {
         }
     }
 
-    fn smart(&self) -> SmartLog {
+    fn smart(&self, features: &Features) -> SmartLog {
         let mut s = SmartLog::new_zeroed();
+        // Critical Warning bit 1: temperature above the over or below the under threshold.
+        s.critical_warning = u8::from(temperature_warning(features)) << 1;
         s.temperature = TEMPERATURE.to_le_bytes();
         s.avail_spare = 100;
         s.spare_thresh = 10;

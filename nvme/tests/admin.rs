@@ -557,3 +557,41 @@ fn invalid_admin_commands() {
     let c = d.admin(Command::new(0x18));
     assert_eq!(c.sqid, 0);
 }
+
+#[test]
+fn temperature_threshold_raises_smart_warning() {
+    let mut r = rig(Geo::default(), 4096);
+    let d = &mut r.d;
+    let (_, s) = d.get_log(0x02, 0, 512, 0, 0);
+    assert_eq!(
+        s[0] & 0x2,
+        0,
+        "no temperature warning at default thresholds"
+    );
+    assert_eq!(
+        d.admin(Command::set_features(0x0B, 0x2)).status,
+        Status::SUCCESS
+    );
+    let cid = d.submit(0, Command::new(0x0C).nsid(0));
+    d.process();
+    assert!(d.reap(0).is_none());
+    // Over-temperature threshold below the current temperature.
+    let c = d.admin(Command::set_features(0x04, 0x100));
+    assert_eq!(c.status, Status::SUCCESS);
+    d.process();
+    let ev = d.reap(0).expect("SMART event");
+    assert_eq!(ev.cid, cid);
+    assert_eq!(
+        (ev.dw0 & 0x7, (ev.dw0 >> 8) & 0xFF, (ev.dw0 >> 16) & 0xFF),
+        (1, 1, 2)
+    );
+    let (_, s) = d.get_log(0x02, 0, 512, 0, 0);
+    assert_eq!(s[0] & 0x2, 0x2, "critical warning: temperature");
+    // Back to normal.
+    assert_eq!(
+        d.admin(Command::set_features(0x04, 0x157)).status,
+        Status::SUCCESS
+    );
+    let (_, s) = d.get_log(0x02, 0, 512, 0, 0);
+    assert_eq!(s[0] & 0x2, 0);
+}
