@@ -363,3 +363,22 @@ fn full_cq_flow_control_mapped() {
 fn full_cq_flow_control_trapped() {
     full_cq_flow_control(DoorbellPath::Trapped);
 }
+
+#[test]
+fn guest_reboot_sequence_resets_controller_and_keeps_data() {
+    let s = setup();
+    let mut h = Host::connect(&s.srv.socket, DoorbellPath::Mapped, 5);
+    h.init(2);
+    let data = pattern(11, 2 * 4096);
+    assert!(h.write(2, ZLBAS * 9, &data).ok());
+    h.system_reset();
+    assert_eq!(h.reg32(0x1c) & 1, 0, "not ready after DEVICE_RESET");
+    assert_eq!(h.reg32(0x14), 0, "CC back to its reset value");
+    h.init(2);
+    let (c, back) = h.read(1, ZLBAS * 9, 2);
+    assert!(c.ok());
+    assert_eq!(back, data);
+    let (_, z) = h.report(1, ZLBAS * 9, 1);
+    assert_eq!(z[0].2, ZLBAS * 9 + 2);
+    assert!(h.irqs[1].take() > 0, "MSI-X works again after the reset");
+}

@@ -117,21 +117,7 @@ impl Host {
         let ram = GuestRam::new();
         c.dma_map(0, 0, RAM_SIZE, ram.raw_fd()).unwrap();
         let (db, _) = map_doorbells(&c);
-        // Bus master + memory, MSI-X enable (as Linux + QEMU forward it).
-        cfg_write16(&mut c, 4, 0x0006);
-        cfg_write16(&mut c, 0x52, 0x8000);
-        let irqs: Vec<Irq> = (0..vectors).map(|_| Irq::new()).collect();
-        for (v, irq) in irqs.iter().enumerate() {
-            c.set_irqs(
-                2,
-                vfio_bindings::bindings::vfio::VFIO_IRQ_SET_DATA_EVENTFD
-                    | vfio_bindings::bindings::vfio::VFIO_IRQ_SET_ACTION_TRIGGER,
-                u32::try_from(v).unwrap(),
-                1,
-                &[irq.raw()],
-            )
-            .unwrap();
-        }
+        let irqs = Self::setup_msix(&mut c, vectors);
         Host {
             c,
             ram,
@@ -144,6 +130,57 @@ impl Host {
             lba: 4096,
             timeout: Duration::from_secs(10),
         }
+    }
+
+    /// Bus master + memory, MSI-X enable (as Linux does and QEMU forwards), one eventfd per
+    /// vector (one SET_IRQS each, like QEMU without NORESIZE).
+    pub fn setup_msix(c: &mut vfio_user::Client, vectors: u16) -> Vec<Irq> {
+        cfg_write16(c, 4, 0x0006);
+        cfg_write16(c, 0x52, 0x8000);
+        let irqs: Vec<Irq> = (0..vectors).map(|_| Irq::new()).collect();
+        for (v, irq) in irqs.iter().enumerate() {
+            c.set_irqs(
+                2,
+                vfio_bindings::bindings::vfio::VFIO_IRQ_SET_DATA_EVENTFD
+                    | vfio_bindings::bindings::vfio::VFIO_IRQ_SET_ACTION_TRIGGER,
+                u32::try_from(v).unwrap(),
+                1,
+                &[irq.raw()],
+            )
+            .unwrap();
+        }
+        irqs
+    }
+
+    /// What QEMU does on a system reset (guest reboot): interrupts off, command register
+    /// cleared, DEVICE_RESET, INTx back on, BAR registers zeroed. DMA maps stay. Host-side
+    /// queues are forgotten.
+    pub fn system_reset(&mut self) {
+        use vfio_bindings::bindings::vfio::*;
+        let none_trigger = VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER;
+        self.c.set_irqs(2, none_trigger, 0, 0, &[]).unwrap();
+        self.c.set_irqs(0, none_trigger, 0, 0, &[]).unwrap();
+        cfg_write16(&mut self.c, 0x52, 0);
+        cfg_write16(&mut self.c, 4, 0);
+        self.c.reset().unwrap();
+        let intx = Irq::new();
+        self.c
+            .set_irqs(
+                0,
+                VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
+                0,
+                1,
+                &[intx.raw()],
+            )
+            .unwrap();
+        for bar in 0..6u64 {
+            self.c
+                .region_write(7, 0x10 + 4 * bar, &0u32.to_le_bytes())
+                .unwrap();
+        }
+        self.queues.clear();
+        let n = u16::try_from(self.irqs.len()).unwrap();
+        self.irqs = Self::setup_msix(&mut self.c, n);
     }
 
     /// Allocate zeroed page-aligned guest memory.
