@@ -16,11 +16,12 @@
 //!   never finds its target and completes with DW0 bit 0 set ("not aborted").
 //! - Interrupts are raised once per processed batch per CQ (a natural coalescing); the
 //!   Interrupt Coalescing feature value is stored and reported but not otherwise applied.
-//! - Asynchronous Event Requests are held (up to AERL + 1 = 4). The only event the
-//!   controller raises is "Invalid Doorbell Write Value" (error type, log page 01h); zone
-//!   descriptor changed notices are accepted in the configuration but never raised, because
-//!   the controller never changes zone attributes by itself, so the Changed Zone List is
-//!   always empty.
+//! - Asynchronous Event Requests are held (up to AERL + 1 = 4) until an event: "Invalid
+//!   Doorbell Write Value" (error type, log page 01h) and the SMART temperature warning when
+//!   a host-set threshold is crossed (if enabled in Feature 0Bh). An event type stays masked
+//!   until its log page is read without RAE. Zone descriptor changed notices are accepted in
+//!   the configuration but never raised: the controller never changes zone attributes by
+//!   itself, so the Changed Zone List is always empty.
 //! - Zone state rules live in the image: Close of an opened zone with nothing written makes
 //!   it Closed (as QEMU), Select All Open is atomic, implicit opens close the least recently
 //!   used implicitly opened zone when the open limit is reached.
