@@ -5,7 +5,8 @@
 # zones than may be open (fio keeps --max_open_zones at the device's limit),
 # rewrites that make fio reset full zones, and explicit resets.
 # Jobs are size-based and small so the scenario stays short under TCG.
-# Optional: ZNS_FIO_ENGINE (default libaio; io_uring works too).
+# Optional: ZNS_FIO_ENGINE (default libaio; io_uring works too), e.g.
+#   RUN_GUEST_ARGS="--append ZNS_FIO_ENGINE=io_uring" tests/guest/e2e fio
 SCENARIO=fio
 # shellcheck source=lib.sh
 . /guest/lib.sh
@@ -41,9 +42,10 @@ run_fio seq-write-verify --rw=write --bs=128k --iodepth=4 --offset=0 --size=$((N
     --verify=crc32c --do_verify=1 --verify_fatal=1
 check "Full zones after the sequential write" "$NZ" "$(full_zones 0 "$NZ")"
 
-# 2. Random reads of the written zones.
-run_fio rand-read --rw=randread --bs=4k --iodepth=16 --offset=0 --size=$((NZ * zbytes)) --io_size=32M \
-    --norandommap --randrepeat=0
+# 2. Random reads of the written zones, two jobs (so two CPUs, and two of
+# the controller's I/O queues, submit at once).
+run_fio rand-read --rw=randread --bs=4k --iodepth=16 --numjobs=2 --offset=0 --size=$((NZ * zbytes)) \
+    --io_size=16M --norandommap --randrepeat=0
 
 # 3. Random writes over all the other zones, more than may be open: fio
 # keeps only max_open_zones of them open; the device rejects anything
