@@ -382,3 +382,26 @@ fn guest_reboot_sequence_resets_controller_and_keeps_data() {
     assert_eq!(z[0].2, ZLBAS * 9 + 2);
     assert!(h.irqs[1].take() > 0, "MSI-X works again after the reset");
 }
+
+#[test]
+fn firmware_style_intx_with_trapped_doorbells() {
+    let s = setup();
+    let mut h = Host::connect_intx(&s.srv.socket);
+    let csts = h.enable();
+    assert_eq!(csts & 3, 1);
+    let (c, idc) = h.admin_data(Sqe::identify(1, 0, 0), 4096);
+    assert!(c.ok());
+    assert_eq!(u16::from_le_bytes([idc[0], idc[1]]), 0x1b36);
+    assert_eq!(h.irqs[0].wait(Duration::from_secs(2)), 1, "INTx fired");
+    // Automasked: the next completion does not fire until the VMM reports the EOI.
+    let (c, _) = h.admin_data(Sqe::identify(0, 1, 0), 4096);
+    assert!(c.ok());
+    std::thread::sleep(Duration::from_millis(10));
+    assert_eq!(h.irqs[0].take(), 0, "masked until EOI");
+    h.intx_eoi();
+    assert_eq!(
+        h.irqs[0].wait(Duration::from_secs(2)),
+        1,
+        "pending INTx after EOI"
+    );
+}

@@ -132,6 +132,52 @@ impl Host {
         }
     }
 
+    /// Like firmware (SeaBIOS): no MSI-X, one INTx eventfd (returned as `irqs[0]`), doorbells
+    /// trapped as QEMU does while INTx is in use.
+    pub fn connect_intx(socket: &std::path::Path) -> Host {
+        use vfio_bindings::bindings::vfio::*;
+        let mut c = vfio_user::Client::new(socket).unwrap();
+        let ram = GuestRam::new();
+        c.dma_map(0, 0, RAM_SIZE, ram.raw_fd()).unwrap();
+        let (db, _) = map_doorbells(&c);
+        cfg_write16(&mut c, 4, 0x0006);
+        let intx = Irq::new();
+        c.set_irqs(
+            0,
+            VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
+            0,
+            1,
+            &[intx.raw()],
+        )
+        .unwrap();
+        Host {
+            c,
+            ram,
+            db,
+            path: DoorbellPath::Trapped,
+            queues: Vec::new(),
+            irqs: vec![intx],
+            next: 0x10000,
+            cid: 0,
+            lba: 4096,
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// INTx end of interrupt as QEMU without KVM reports it (DATA_NONE | UNMASK).
+    pub fn intx_eoi(&mut self) {
+        use vfio_bindings::bindings::vfio::*;
+        self.c
+            .set_irqs(
+                0,
+                VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_UNMASK,
+                0,
+                1,
+                &[],
+            )
+            .unwrap();
+    }
+
     /// Bus master + memory, MSI-X enable (as Linux does and QEMU forwards), one eventfd per
     /// vector (one SET_IRQS each, like QEMU without NORESIZE).
     pub fn setup_msix(c: &mut vfio_user::Client, vectors: u16) -> Vec<Irq> {
