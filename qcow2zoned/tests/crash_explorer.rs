@@ -505,6 +505,7 @@ struct StepRec {
     io_error: bool,
 }
 
+#[derive(Clone)]
 struct Run {
     cfg: Config,
     seed: u64,
@@ -2211,6 +2212,22 @@ fn documented_exception_more_closed_zones_than_max_active_after_a_crash() {
     let v = check_state(&run, sync, img.clone(), false, &mut Rng::new(1));
     assert!(v.violations.is_empty(), "{:?}", v.violations);
     assert!(v.over_active, "expected 4 Closed zones with max_active 3");
+    // Only a zone the model had released explains it: if zone 0 had stayed Closed in the
+    // model, the same image is a violation.
+    let mut tampered = run.clone();
+    for s in tampered.snaps.iter_mut() {
+        if s[0].state == ZoneState::Full {
+            s[0].state = ZoneState::Closed;
+        }
+    }
+    let w = check_state(&tampered, sync, img.clone(), false, &mut Rng::new(1));
+    assert!(
+        w.violations
+            .iter()
+            .any(|m| m.starts_with("over-active-unexplained")),
+        "{:?}",
+        w.violations
+    );
     // The image opens, reports four Closed zones, and admits no new active zone.
     let img = ZonedImage::open_with(Arc::new(MemStorage::new(img)), OpenOptions::default())
         .expect("open");
@@ -2499,4 +2516,82 @@ fn io_error_then_crash_states_keep_the_contract() {
         stats.violating, 0,
         "crash states after an I/O error violate the contract"
     );
+}
+
+/// Each rule of the checker names itself when the model and the image disagree on it: the
+/// model is tampered with, the image is not.
+#[test]
+fn checker_names_each_broken_rule() {
+    let cfg = CONFIGS[0];
+    let script = vec![
+        Action::Write {
+            zone: 0,
+            len: 8 * KIB,
+            fua: true,
+        },
+        Action::SetZde { zone: 3 },
+        Action::Mgmt {
+            zone: Some(4),
+            action: ZoneAction::Open,
+        },
+        Action::Force {
+            zone: 5,
+            state: ZoneState::ReadOnly,
+        },
+        Action::Write {
+            zone: 1,
+            len: 4 * KIB,
+            fua: false,
+        },
+        Action::Flush,
+    ];
+    let run = run_script(cfg, 9, &script, Fault::None);
+    assert!(run.live_errors.is_empty(), "{:?}", run.live_errors);
+    let mut img = run.base.clone();
+    for op in &run.ops {
+        apply_op(&mut img, op);
+    }
+    let verdict = |r: &Run| check_state(r, r.ops.len(), img.clone(), true, &mut Rng::new(1));
+    assert!(verdict(&run).violations.is_empty());
+    let last = run.snaps.len() - 1;
+    type Tamper = fn(&mut Run, usize);
+    let cases: [(&str, Tamper); 9] = [
+        ("flushed-wp-lost", |r, l| r.snaps[l][0].wp += 512),
+        ("wp-ahead-of-data", |r, l| r.snaps[l][1].wp -= 512),
+        ("data-mismatch-below-wp", |r, _| {
+            let g = r.snaps[1][0].gen;
+            r.gens[g][100] ^= 1;
+        }),
+        ("attrs-mismatch", |r, l| r.snaps[l][1].attrs = 0x02),
+        ("zded-mismatch", |r, l| {
+            if let Some(z) = r.snaps[l][3].zded.as_mut() {
+                z[0] ^= 1;
+            }
+        }),
+        ("forced-state-lost", |r, l| {
+            r.snaps[l][6].state = ZoneState::Offline;
+        }),
+        ("forced-state-from-nowhere", |r, l| {
+            r.snaps[l][5].state = ZoneState::Empty;
+        }),
+        ("illegal-state", |r, _| {
+            // The model says zone 4 (opened, so Closed at its start) was never active.
+            for s in r.snaps.iter_mut() {
+                s[4].state = ZoneState::Empty;
+            }
+        }),
+        ("clean-shutdown-lost-state", |r, l| {
+            r.snaps[l][1].attrs = 0x02
+        }),
+    ];
+    for (rule, tamper) in cases {
+        let mut r = run.clone();
+        tamper(&mut r, last);
+        let v = verdict(&r);
+        assert!(
+            v.violations.iter().any(|m| m.contains(rule)),
+            "tampering for {rule}: {:?}",
+            v.violations
+        );
+    }
 }
