@@ -175,6 +175,8 @@ pub struct Meta {
     /// One past the last cluster that may be in use.
     pub end_cluster: u64,
     file_clusters: u64,
+    /// File length as far as we know (we only ever grow it).
+    file_len: u64,
     pending: HashSet<u64>,
     /// (host cluster, I/O sequence at the time it was unmapped): freed once the L2 change
     /// is durable and every I/O planned before the unmap has finished.
@@ -340,6 +342,7 @@ impl Meta {
             free_hint: 0,
             end_cluster: file_clusters,
             file_clusters,
+            file_len,
             pending: HashSet::new(),
             deferred_free: Vec::new(),
             io_seq: 0,
@@ -543,10 +546,24 @@ impl Meta {
                 let zeroed = self.clean.remove(&c) || c >= self.end_cluster;
                 self.free_hint = c + 1;
                 self.end_cluster = self.end_cluster.max(c + 1);
+                self.reserve_file(st, (c + 1) * self.cs)?;
                 return Ok((c * self.cs, zeroed));
             }
             self.free_hint = c + 1;
         }
+    }
+
+    /// Keep the file longer than every allocated cluster, growing it in chunks: data writes
+    /// then never extend the file, which costs the host file system a size update each time.
+    fn reserve_file(&mut self, st: &dyn Storage, need: u64) -> ImgResult<()> {
+        if need <= self.file_len {
+            return Ok(());
+        }
+        let chunk = (self.size / 8).clamp(self.cs, 32 << 20);
+        let new = (need + chunk).div_ceil(self.cs) * self.cs;
+        st.grow(new).map_err(io_err("growing the image file"))?;
+        self.file_len = new;
+        Ok(())
     }
 
     /// Put a new, larger refcount table (and the blocks covering it) at the end of the file.

@@ -218,9 +218,14 @@ fn check_exit_codes_follow_qemu_img() {
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("Leaked cluster"));
 
-    // A corruption: the last data cluster loses its refcount.
+    // A corruption: the data cluster holding guest offset 1 MiB loses its refcount.
     let mut b = good.clone();
-    rb16(&mut b, rt, nclusters - 1, 0);
+    let be = |o: usize| u64::from_be_bytes(good[o..o + 8].try_into().unwrap());
+    let mask = 0x00ff_ffff_ffff_fe00u64;
+    let l2 = (be(be(40) as usize) & mask) as usize;
+    let host = be(l2 + 8 * ((1 << 20) / 4096)) & mask;
+    assert_ne!(host, 0);
+    rb16(&mut b, rt, (host / 4096) as usize, 0);
     let bad = path_in(&d, "bad.qcow2");
     std::fs::write(&bad, &b).unwrap();
     let o = q(&["check", "--output", "json", p(&bad)]);
