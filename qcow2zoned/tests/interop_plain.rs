@@ -249,3 +249,53 @@ fn refcount_table_grows_on_small_clusters() {
     q.read_at(0, &mut back).unwrap();
     assert!(back == model);
 }
+
+/// Refcount widths other than the default 16 bits (1 and 64 here) are read and written.
+#[test]
+fn other_refcount_widths() {
+    for bits in [1u32, 2, 8, 32, 64] {
+        let d = tmp();
+        let img = path_in(&d, "w.qcow2");
+        let raw = path_in(&d, "w.raw");
+        let size = 4u64 << 20;
+        let o = qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            &format!("cluster_size=4096,refcount_bits={bits}"),
+            p(&img),
+            &size.to_string(),
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+        let mut model = vec![0u8; size as usize];
+        {
+            let q = Qcow2::open(&img, OpenOptions::default()).unwrap();
+            let mut rng = Rng(u64::from(bits));
+            for i in 0..60 {
+                let len = 1 + rng.below(50000);
+                let off = rng.below(size - len);
+                if i % 7 == 6 {
+                    q.discard(off, len).unwrap();
+                    model[off as usize..(off + len) as usize].fill(0);
+                } else {
+                    let mut b = vec![0u8; len as usize];
+                    rng.fill(&mut b);
+                    q.write_at(off, &b).unwrap();
+                    model[off as usize..(off + len) as usize].copy_from_slice(&b);
+                }
+            }
+            q.close().unwrap();
+        }
+        check_clean(&img);
+        std::fs::write(&raw, &model).unwrap();
+        let o = qemu_img(&["compare", "-f", "qcow2", "-F", "raw", p(&img), p(&raw)]);
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "refcount_bits {bits}: {}",
+            text(&o)
+        );
+    }
+}
