@@ -349,3 +349,117 @@ fn poll_loop(dev: &Device, role: Role, rx: &Receiver<Msg>, wake_pending: &Atomic
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bar::DoorbellPage;
+    use crate::device::NvmeDevice;
+    use crate::dma::GuestRam;
+    use crate::irq::IrqState;
+    use nvme::{HostEnv, RegEffect};
+    use std::sync::atomic::AtomicU64;
+
+    /// Counts calls; `busy` makes every call report one completed command.
+    #[derive(Default)]
+    struct Counting {
+        admin: AtomicU64,
+        io: AtomicU64,
+        busy: AtomicBool,
+        in_call: AtomicBool,
+        overlapped: AtomicBool,
+    }
+
+    impl Counting {
+        fn call(&self, n: &AtomicU64) -> usize {
+            if self.in_call.swap(true, Ordering::AcqRel) {
+                self.overlapped.store(true, Ordering::Release);
+            }
+            n.fetch_add(1, Ordering::AcqRel);
+            std::thread::sleep(Duration::from_micros(50));
+            self.in_call.store(false, Ordering::Release);
+            usize::from(self.busy.load(Ordering::Acquire))
+        }
+    }
+
+    impl NvmeDevice for Counting {
+        fn mmio_read(&self, _: u64, _: &mut [u8]) {}
+        fn mmio_write(&self, _: &HostEnv<'_>, _: u64, _: &[u8]) -> RegEffect {
+            RegEffect::default()
+        }
+        fn process_admin(&self, _: &HostEnv<'_>) -> usize {
+            self.call(&self.admin)
+        }
+        fn process_io(&self, _: &HostEnv<'_>, _: usize, _: usize) -> usize {
+            0
+        }
+        fn ready(&self) -> bool {
+            true
+        }
+        fn reset(&self, _: &HostEnv<'_>) {}
+        fn flush(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn device(ctrl: Arc<Counting>) -> Arc<Device> {
+        Arc::new(Device {
+            ctrl,
+            ram: GuestRam::new(),
+            doorbells: DoorbellPage::new().unwrap(),
+            irq: IrqState::new(2),
+        })
+    }
+
+    #[test]
+    fn idle_pollers_back_off_and_doorbells_wake_them() {
+        let ctrl = Arc::new(Counting::default());
+        let dev = device(Arc::clone(&ctrl));
+        let p = Pollers::start(Arc::clone(&dev), 1).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let before = ctrl.admin.load(Ordering::Acquire);
+        std::thread::sleep(Duration::from_millis(200));
+        let idle_calls = ctrl.admin.load(Ordering::Acquire) - before;
+        assert!(
+            idle_calls <= 20,
+            "idle admin poller called {idle_calls} times in 200 ms"
+        );
+        // A store to the mapped page (no message) is noticed by the watcher.
+        let before = ctrl.admin.load(Ordering::Acquire);
+        dev.doorbells.store(bar::DOORBELL_BASE, 1);
+        std::thread::sleep(Duration::from_millis(15));
+        assert!(
+            ctrl.admin.load(Ordering::Acquire) > before,
+            "doorbell store not noticed"
+        );
+        p.stop();
+    }
+
+    #[test]
+    fn busy_poller_keeps_calling_and_quiesce_stops_it() {
+        let ctrl = Arc::new(Counting::default());
+        ctrl.busy.store(true, Ordering::Release);
+        let dev = device(Arc::clone(&ctrl));
+        let p = Pollers::start(dev, 1).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let n = ctrl.admin.load(Ordering::Acquire);
+        assert!(n > 50, "busy poller made only {n} calls in 50 ms");
+        assert!(p.quiesce());
+        let frozen = ctrl.admin.load(Ordering::Acquire);
+        assert!(
+            !ctrl.in_call.load(Ordering::Acquire),
+            "call in progress after the ack"
+        );
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(
+            ctrl.admin.load(Ordering::Acquire),
+            frozen,
+            "called while quiesced"
+        );
+        p.resume();
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(ctrl.admin.load(Ordering::Acquire) > frozen);
+        assert!(!ctrl.overlapped.load(Ordering::Acquire));
+        p.stop();
+    }
+}
