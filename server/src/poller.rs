@@ -364,7 +364,6 @@ mod tests {
     #[derive(Default)]
     struct Counting {
         admin: AtomicU64,
-        io: AtomicU64,
         busy: AtomicBool,
         in_call: AtomicBool,
         overlapped: AtomicBool,
