@@ -54,6 +54,23 @@ zasl=$(echo "$zidc" | field zasl)
 [ -n "$zasl" ] || fail "no zasl in zns id-ctrl"
 [ -n "${ZNS_ZASL:-}" ] && check "zasl" "$ZNS_ZASL" "$zasl"
 
+echo "--- I/O command sets, effects log (CSI 2), SMART"
+ctrl=/dev/${BDEV%n*}
+iocs=$(nvme id-iocs "$ctrl" 2>&1) || fail "nvme id-iocs failed: $iocs"
+echo "$iocs" | head -3
+combo=$(echo "$iocs" | sed -n 's/^I\/O Command Set Combination\[0\]: *\([0-9x]*\).*/\1/p')
+expect_true "I/O command set combination 0 ($combo) has NVM and ZNS" [ $((${combo:-0} & 5)) -eq 5 ]
+if eff=$(nvme effects-log "$ctrl" --csi=2 2>&1); then
+    for op in 1:Write 2:Read 121:"Zone Management Send" 122:"Zone Management Receive" 125:"Zone Append"; do
+        n=${op%%:*}
+        v=$(echo "$eff" | awk -v k="IOCS$n" '$1 == k { print $NF }')
+        expect_true "effects log (CSI 2): ${op#*:} (opcode $n) supported ($v)" [ $((0x${v:-0} & 1)) -eq 1 ]
+    done
+else
+    fail "nvme effects-log --csi=2 failed: $eff"
+fi
+nvme_ok "smart-log" smart-log "$DEV"
+
 echo "--- nvme id-ns"
 idn=$(nvme id-ns "$DEV") || die "nvme id-ns failed"
 echo "$idn" | grep -E '^(nsze|ncap|nuse|nsfeat|nlbaf|flbas|dlfeat|lbaf .*in use)'

@@ -106,6 +106,33 @@ if [ "$ZNS_ZDES" -gt 0 ]; then
         zns set-zone-desc "$DEV" -s "$(slba 1)" -d /tmp/zde
 fi
 
+echo "--- flush, write zeroes, deallocated reads (zone 6)"
+nvme_ok "flush" flush "$DEV"
+oncs=$(nvme id-ctrl "$DEV" | awk -F: '$1 ~ /^oncs / { gsub(/ /, "", $2); print $2 }')
+dlfeat=$(nvme id-ns "$DEV" | awk -F: '$1 ~ /^dlfeat / { gsub(/ /, "", $2); print $2 }')
+head -c $((2 * LBA)) /dev/zero >/tmp/zero2
+if [ $((oncs & 8)) -ne 0 ]; then
+    nvme_ok "write zeroes 2 LBAs at the write pointer" write-zeroes "$DEV" -s "$(slba 6)" -c 1
+    expect_zone 6 IMP_OPENED 2
+    readback "$(slba 6)" /tmp/zero2
+    expect_status "write zeroes not at the write pointer" 0x1bc "Zone Invalid Write" \
+        write-zeroes "$DEV" -s "$(slba 6)" -c 0
+else
+    say "Write Zeroes not supported (ONCS $oncs)"
+fi
+mkblock /tmp/d2b 2 dealloc
+write_lbas $(($(slba 6) + 2)) 2 /tmp/d2b || fail "write 2 LBAs at zone 6 wp"
+readback $(($(slba 6) + 2)) /tmp/d2b
+zop reset 6
+expect_zone 6 EMPTY 0
+if [ $((dlfeat & 7)) -eq 1 ]; then
+    # DLFEAT says deallocated blocks read as zeros: a reset zone must not
+    # show its old data.
+    readback $(($(slba 6) + 2)) /tmp/zero2
+else
+    say "DLFEAT $dlfeat: deallocated read values not specified, not checked"
+fi
+
 echo "--- invalid transitions"
 expect_status "close an Empty zone (6)" 0x1bf "Invalid Zone State Transition" zns close-zone "$DEV" -s "$(slba 6)"
 expect_status "open a Full zone (2)" 0x1bf "Invalid Zone State Transition" zns open-zone "$DEV" -s "$(slba 2)"
