@@ -2,7 +2,8 @@
 //! same I/O on a raw file (warm page cache, queue depth 1, no flushes inside a run).
 //!
 //! Run: `cargo run --release -p qcow2zoned --example bench`
-//! Optional: `BENCH_MIB=<MiB per run>` (default 128), `BENCH_REPS=<repetitions>` (default 5).
+//! Optional: `BENCH_MIB=<MiB per run>` (default 128), `BENCH_REPS=<repetitions>` (default 5),
+//! `BENCH_ONLY=<substring of a workload name>`.
 
 use qcow2zoned::{CreateOptions, OpenOptions, ZoneAction, ZoneOptions, ZonedImage};
 use std::io::{IoSlice, IoSliceMut};
@@ -252,13 +253,17 @@ fn main() {
         "workload", "qcow2zoned", "raw file", "qemu-img", "vs raw", "vs qemu"
     );
     println!("{:<20} {:>12} {:>12} {:>12}", "", "MiB/s", "MiB/s", "MiB/s");
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     for w in [
         Work::Write(4096),
         Work::Write(128 << 10),
         Work::Append(4096),
         Work::Append(128 << 10),
         Work::Read4k,
-    ] {
+    ]
+    .into_iter()
+    .filter(|w| w.name().contains(&only))
+    {
         let mut ours = Vec::new();
         let mut rawv = Vec::new();
         let mut qv = Vec::new();

@@ -13,7 +13,7 @@
 use crate::header::{Header, HEADER_LEN};
 use crate::image::{Error, ImgResult};
 use crate::storage::Storage;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io;
 
 /// L1/L2 offset field (bits 9-55).
@@ -183,8 +183,9 @@ pub struct Meta {
     deferred_free: Vec<(u64, u64)>,
     /// Next I/O sequence number.
     io_seq: u64,
-    /// I/O planned but not finished, by sequence number.
-    io_inflight: BTreeMap<u64, u32>,
+    /// I/O planned but not yet finished, in sequence order (sequence, finished); finished
+    /// entries are dropped from the front.
+    io_inflight: VecDeque<(u64, bool)>,
     /// Free clusters known to read as zeros (holes punched this session).
     clean: HashSet<u64>,
     /// A write-back failed: further flushes fail.
@@ -346,7 +347,7 @@ impl Meta {
             pending: HashSet::new(),
             deferred_free: Vec::new(),
             io_seq: 0,
-            io_inflight: BTreeMap::new(),
+            io_inflight: VecDeque::new(),
             clean: HashSet::new(),
             failed: false,
             read_only,
@@ -755,17 +756,17 @@ impl Meta {
     pub fn begin_io(&mut self) -> u64 {
         let seq = self.io_seq;
         self.io_seq += 1;
-        *self.io_inflight.entry(seq).or_insert(0) += 1;
+        self.io_inflight.push_back((seq, false));
         seq
     }
 
     /// The I/O registered as `seq` is done.
     pub fn end_io(&mut self, seq: u64) {
-        if let Some(n) = self.io_inflight.get_mut(&seq) {
-            *n -= 1;
-            if *n == 0 {
-                self.io_inflight.remove(&seq);
-            }
+        if let Ok(i) = self.io_inflight.binary_search_by_key(&seq, |e| e.0) {
+            self.io_inflight[i].1 = true;
+        }
+        while self.io_inflight.front().is_some_and(|e| e.1) {
+            self.io_inflight.pop_front();
         }
     }
 
@@ -992,7 +993,7 @@ impl Meta {
     pub fn release(&mut self, st: &dyn Storage, frees: &[(u64, u64)]) -> ImgResult<Writes> {
         // A cluster may still be the target of an I/O planned before it was unmapped (a
         // host racing its own write-zeroes): keep those for a later write-back.
-        let oldest = self.io_inflight.keys().next().copied();
+        let oldest = self.io_inflight.front().map(|e| e.0);
         let (ready, later): (Vec<_>, Vec<_>) = frees
             .iter()
             .partition(|(_, seq)| oldest.is_none_or(|o| o >= *seq));

@@ -179,6 +179,19 @@ impl Storage for FileStorage {
     fn readv_at(&self, bufs: &mut [IoSliceMut<'_>], offset: u64) -> io::Result<usize> {
         let total: usize = bufs.iter().map(|b| b.len()).sum();
         let file = self.pick_read(bufs, offset);
+        if let [one] = bufs {
+            // pread is a little cheaper than preadv for a single buffer.
+            let mut done = 0;
+            while done < one.len() {
+                match file.read_at(&mut one[done..], offset + done as u64) {
+                    Ok(0) => break,
+                    Ok(n) => done += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            return Ok(done);
+        }
         let n = loop {
             match nix::sys::uio::preadv(file, bufs, off_t(offset)?) {
                 Ok(n) => break n,
@@ -210,6 +223,9 @@ impl Storage for FileStorage {
     fn writev_at(&self, bufs: &[IoSlice<'_>], offset: u64) -> io::Result<()> {
         let total: usize = bufs.iter().map(|b| b.len()).sum();
         let file = self.pick_write(bufs, offset);
+        if let [one] = bufs {
+            return file.write_all_at(one, offset);
+        }
         let n = loop {
             match nix::sys::uio::pwritev(file, bufs, off_t(offset)?) {
                 Ok(n) => break n,
