@@ -176,6 +176,9 @@ write_lbas() {
     nvme write "$DEV" -s "$1" -c "$(($2 - 1))" -z "$(($2 * LBA))" -d "$f" >/dev/null 2>&1
 }
 
+# bigdata: 1 MiB of deterministic data (so a later boot can regenerate it).
+bigdata() { seq 1 300000 | head -c 1048576; }
+
 reset_all() {
     nvme zns reset-zone "$DEV" -a >/dev/null 2>&1 || fail "reset-zone -a failed"
 }

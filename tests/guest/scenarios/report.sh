@@ -11,7 +11,7 @@
 #
 # ZNS_PERSISTED=1: the zones come from zone-mgmt.sh's run before a restart
 # of the controller; its data (zone 1) and descriptor extension (zone 3)
-# must have survived too.
+# must have survived too, and so must zone 7's 1 MiB.
 #
 # Then (unless ZNS_REPORT_MIXED=0) it builds a mix of zone states itself,
 # checks the reports again, and resets everything.
@@ -127,6 +127,12 @@ if [ "${ZNS_PERSISTED:-0}" = 1 ]; then
         ok "zone 1 data survived the restart"
     else
         fail "zone 1 data differs after the restart"
+    fi
+    bigdata >/tmp/big
+    if dd if="$DEV" bs=65536 skip=$(($(slba 7) * LBA / 65536)) count=16 iflag=direct 2>/dev/null | cmp -s - /tmp/big; then
+        ok "zone 7's 1 MiB survived the restart"
+    else
+        fail "zone 7's 1 MiB differs after the restart"
     fi
     if [ "$ZNS_ZDES" -gt 0 ]; then
         if nvme zns report-zones "$DEV" -s "$(slba 3)" -d 1 -e -o json | grep -q 'zm-zde-final'; then

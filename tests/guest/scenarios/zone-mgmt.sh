@@ -6,8 +6,9 @@
 # It leaves this state behind, which the host checks in the image:
 #   zone 1 Closed with its write pointer 3 LBAs in, zone 2 Full,
 #   zone 3 Closed with a valid descriptor extension (if ZDES > 0),
-#   zones 4 and 5 opened (implicitly, 2 LBAs; explicitly, 1 LBA) when the
-#   guest powers off: the controller shutdown must close them,
+#   zones 4 and 5 opened (implicitly, 2 LBAs; explicitly, 1 LBA) and zone 7
+#   (1 MiB through the block layer) when the guest powers off: the
+#   controller shutdown must close them,
 #   every other zone Empty.
 SCENARIO=zone-mgmt
 # shellcheck source=lib.sh
@@ -188,6 +189,9 @@ if [ "$ZNS_ZDES" -gt 0 ]; then
     nvme_ok "set-zone-desc zone 3" zns set-zone-desc "$DEV" -s "$(slba 3)" -d /tmp/zde
 fi
 write_lbas "$(slba 4)" 2 /tmp/d2 || fail "write 2 LBAs at zone 4"
+bigdata >/tmp/big
+dd if=/tmp/big of="$DEV" bs=65536 seek=$(($(slba 7) * LBA / 65536)) oflag=direct 2>/dev/null ||
+    fail "1 MiB direct write at zone 7"
 zop open 5
 write_lbas "$(slba 5)" 1 /tmp/d1 || fail "write 1 LBA at zone 5"
 expect_zone 1 CLOSED 3
@@ -195,6 +199,7 @@ expect_zone 2 FULL
 if [ "$ZNS_ZDES" -gt 0 ]; then expect_zone 3 CLOSED 0 128; fi
 expect_zone 4 IMP_OPENED 2
 expect_zone 5 EXP_OPENED 1
-nvme zns report-zones "$DEV" -d 6 -v | grep -v '^Attrs' || true
+expect_zone 7 IMP_OPENED $((1048576 / LBA))
+nvme zns report-zones "$DEV" -d 8 -v | grep -v '^Attrs' || true
 
 finish
