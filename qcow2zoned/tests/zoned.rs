@@ -199,3 +199,54 @@ fn direct_io_round_trip() {
     assert!(read(&img, MIB, 131072) == expect);
     assert_eq!(img.zones(1, 1)[0].wp, MIB + 131172);
 }
+
+/// Zones smaller than a cluster share clusters: resetting or finishing one zone must not
+/// disturb its neighbours, and fresh clusters must read as zeros outside the written zone.
+#[test]
+fn zones_smaller_than_a_cluster() {
+    let d = tmp();
+    let f = path_in(&d, "s.qcow2");
+    let zone = 4096u64;
+    ZonedImage::create(
+        &f,
+        &CreateOptions {
+            size: 64 * zone,
+            cluster_size: 65536,
+            zone: ZoneOptions {
+                size: zone,
+                capacity: zone,
+                max_append_bytes: 4096,
+                ..Default::default()
+            },
+        },
+    )
+    .unwrap();
+    let mut model = vec![0u8; 64 * zone as usize];
+    {
+        let img = open(&f);
+        for z in 0..40u64 {
+            let len = 512 * (1 + z % 8);
+            let b = vec![z as u8 + 1; len as usize];
+            img.write(z * zone, &[IoSlice::new(&b)], false).unwrap();
+            model[(z * zone) as usize..(z * zone + len) as usize].copy_from_slice(&b);
+        }
+        for z in (0..40u32).step_by(3) {
+            img.zone_action(Some(z), ZoneAction::Reset).unwrap();
+            let s = u64::from(z) * zone;
+            model[s as usize..(s + zone) as usize].fill(0);
+        }
+        for z in (1..40u32).step_by(5) {
+            img.zone_action(Some(z), ZoneAction::Finish).unwrap();
+        }
+        // Refill a reset zone whose cluster is shared with live neighbours.
+        let b = vec![0xaa; 4096];
+        img.write(3 * zone, &[IoSlice::new(&b)], false).unwrap();
+        model[(3 * zone) as usize..(4 * zone) as usize].copy_from_slice(&b);
+        assert!(read(&img, 0, model.len()) == model);
+        img.close().unwrap();
+    }
+    let img = open(&f);
+    assert!(read(&img, 0, model.len()) == model);
+    let rep = check_image(&FileStorage::open(&f, true, false).unwrap()).unwrap();
+    assert_eq!(rep.exit_code(), 0, "{:?}", rep.messages);
+}
