@@ -351,6 +351,8 @@ struct Inner {
     inflight: u64,
     /// Threads blocked on the condition variable (skip the wake-up syscall when none).
     waiters: u32,
+    /// Writes completed so far (numbers them for `flush_covering`).
+    completed: u64,
     /// A management operation holds the device quiet.
     mgmt: bool,
 }
@@ -360,8 +362,9 @@ pub struct ZonedImage {
     st: Arc<dyn Storage>,
     inner: Mutex<Inner>,
     cond: Condvar,
-    /// Serialises metadata write-back (lock order: persist, then inner).
-    persist: Mutex<()>,
+    /// Serialises metadata write-back (lock order: persist, then inner); holds the number
+    /// of completed writes the last successful write-back covered.
+    persist: Mutex<u64>,
     zeros: Box<[u8]>,
     info: ImageInfo,
     cache: CacheMode,
@@ -492,10 +495,11 @@ impl ZonedImage {
                 zded,
                 inflight: 0,
                 waiters: 0,
+                completed: 0,
                 mgmt: false,
             }),
             cond: Condvar::new(),
-            persist: Mutex::new(()),
+            persist: Mutex::new(0),
             zeros,
             info,
             cache: opts.cache,
@@ -656,7 +660,7 @@ impl ZonedImage {
         mut g: MutexGuard<'_, Inner>,
         ticket: &WriteTicket,
         bufs: &[IoSlice<'_>],
-    ) -> ImgResult<()> {
+    ) -> ImgResult<u64> {
         if let Some(e) = ticket.evicted {
             g.dirty_words.insert(e);
         }
@@ -687,6 +691,8 @@ impl ZonedImage {
         if g.zones.complete_write(ticket, ok && fin.is_ok()) {
             g.dirty_words.insert(ticket.zone);
         }
+        g.completed += 1;
+        let done = g.completed;
         g.inflight -= 1;
         self.unlock(g);
         res.map_err(|source| Error::Io {
@@ -696,7 +702,7 @@ impl ZonedImage {
             ),
             source,
         })?;
-        fin
+        fin.map(|()| done)
     }
 
     /// Write at `offset` (must be the zone's write pointer for sequential zones).
@@ -709,9 +715,9 @@ impl ZonedImage {
         Self::healthy(&g)?;
         let ticket = g.zones.begin_write(offset, len)?;
         g.inflight += 1;
-        self.run_write(g, &ticket, bufs)?;
+        let done = self.run_write(g, &ticket, bufs)?;
         if self.durable_writes(fua) {
-            self.flush()?;
+            self.flush_covering(done)?;
         }
         Ok(())
     }
@@ -743,11 +749,13 @@ impl ZonedImage {
         if g.zones.complete_write(&ticket, r.is_ok()) {
             g.dirty_words.insert(ticket.zone);
         }
+        g.completed += 1;
+        let done = g.completed;
         g.inflight -= 1;
         self.unlock(g);
         r?;
         if self.durable_writes(fua) {
-            self.flush()?;
+            self.flush_covering(done)?;
         }
         Ok(())
     }
@@ -767,22 +775,33 @@ impl ZonedImage {
         Self::healthy(&g)?;
         let ticket = g.zones.begin_append(zone_start, len)?;
         g.inflight += 1;
-        self.run_write(g, &ticket, bufs)?;
+        let done = self.run_write(g, &ticket, bufs)?;
         if self.durable_writes(fua) {
-            self.flush()?;
+            self.flush_covering(done)?;
         }
         Ok(ticket.offset)
     }
 
     /// Make every completed write, and the zone state covering it, durable.
     pub fn flush(&self) -> ImgResult<()> {
+        self.flush_covering(u64::MAX)
+    }
+
+    /// Make completed write number `done` (and everything before it) durable. A write-back
+    /// that started after that write completed covers it, so concurrent FUA/write-through
+    /// writers share one write-back instead of queueing one each.
+    fn flush_covering(&self, done: u64) -> ImgResult<()> {
         if self.read_only {
             return Ok(());
         }
-        let _p = self.persist.lock().unwrap_or_else(|e| e.into_inner());
-        let (snap, ids, extra) = {
+        let mut durable = self.persist.lock().unwrap_or_else(|e| e.into_inner());
+        if *durable >= done {
+            return Ok(());
+        }
+        let (snap, ids, extra, covered) = {
             let mut g = self.lock();
             Self::healthy(&g)?;
+            let covered = g.completed;
             let snap = g.meta.take_dirty();
             let ids: Vec<u32> = std::mem::take(&mut g.dirty_words).into_iter().collect();
             let mut extra: Vec<(u64, Vec<u8>)> = Vec::new();
@@ -795,7 +814,7 @@ impl ZonedImage {
                 }
                 prev = Some(z);
             }
-            (snap, ids, extra)
+            (snap, ids, extra, covered)
         };
         let mut release = |f: &[(u64, u64)]| {
             let mut g = self.lock();
@@ -803,11 +822,14 @@ impl ZonedImage {
             inner.meta.release(&*self.st, f)
         };
         let r = write_back(&*self.st, snap, &mut release, &extra);
-        if let Err(e) = &r {
-            tracing::error!(error = %e, "metadata write-back failed");
-            let mut g = self.lock();
-            g.meta.failed = true;
-            g.dirty_words.extend(ids);
+        match &r {
+            Ok(()) => *durable = covered,
+            Err(e) => {
+                tracing::error!(error = %e, "metadata write-back failed");
+                let mut g = self.lock();
+                g.meta.failed = true;
+                g.dirty_words.extend(ids);
+            }
         }
         r
     }

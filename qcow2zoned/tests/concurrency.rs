@@ -183,3 +183,59 @@ fn concurrent_writers_appenders_readers_and_resets() {
     assert_eq!(rep.exit_code(), 0, "{:?}", rep.messages);
     verify(&ZonedImage::open(&f, OpenOptions::default()).unwrap());
 }
+
+/// Write-through writers on several threads share write-backs; every write that returned
+/// is durable without any flush or close.
+#[test]
+fn concurrent_write_through_is_durable_on_return() {
+    let d = tmp();
+    let f = path_in(&d, "wt.qcow2");
+    ZonedImage::create(
+        &f,
+        &CreateOptions {
+            size: 8 * ZONE,
+            cluster_size: 4096,
+            zone: ZoneOptions {
+                size: ZONE,
+                capacity: ZONE,
+                ..Default::default()
+            },
+        },
+    )
+    .unwrap();
+    let img = Arc::new(
+        ZonedImage::open(
+            &f,
+            OpenOptions {
+                cache: CacheMode::WriteThrough,
+                ..Default::default()
+            },
+        )
+        .unwrap(),
+    );
+    let hs: Vec<_> = (0..4u64)
+        .map(|z| {
+            let img = img.clone();
+            std::thread::spawn(move || {
+                let start = z * ZONE;
+                for i in 0..40u64 {
+                    let off = start + i * 8192;
+                    img.write(off, &[IoSlice::new(&fill(off, 8192, z))], false)
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in hs {
+        h.join().unwrap();
+    }
+    // Simulate a crash: no flush, no close, no destructor.
+    std::mem::forget(img);
+    let img = ZonedImage::open(&f, OpenOptions::default()).unwrap();
+    for z in 0..4u64 {
+        assert_eq!(img.zones(z as u32, 1)[0].wp, z * ZONE + 40 * 8192);
+        let mut b = vec![0u8; 40 * 8192];
+        img.read(z * ZONE, &mut [IoSliceMut::new(&mut b)]).unwrap();
+        assert!(b == fill(z * ZONE, 40 * 8192, z), "zone {z}");
+    }
+}
