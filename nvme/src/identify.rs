@@ -36,10 +36,12 @@ pub mod cns {
     pub const IOCS: u8 = 0x1C;
 }
 
-/// Copy `s` into a space-padded ASCII field.
+/// Copy `s` into a space-padded ASCII field; characters outside printable ASCII (space
+/// included) are dropped.
 fn ascii(field: &mut [u8], s: &str) {
     field.fill(b' ');
-    for (d, c) in field.iter_mut().zip(s.bytes().filter(u8::is_ascii_graphic)) {
+    let printable = |c: &u8| *c == b' ' || c.is_ascii_graphic();
+    for (d, c) in field.iter_mut().zip(s.bytes().filter(printable)) {
         *d = c;
     }
 }
@@ -261,6 +263,13 @@ mod tests {
         assert_eq!(&f, b"ab      ");
         ascii(&mut f, "0123456789");
         assert_eq!(&f, b"01234567");
+    }
+
+    #[test]
+    fn ascii_keeps_inner_spaces_and_drops_control_bytes() {
+        let mut f = [0u8; 12];
+        ascii(&mut f, "znsd ZNS\tx\u{e9}");
+        assert_eq!(&f, b"znsd ZNSx   ");
     }
 
     #[test]
