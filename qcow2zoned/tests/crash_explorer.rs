@@ -2301,15 +2301,11 @@ fn flush_with_a_write_in_flight_persists_only_completed_writes() {
 }
 
 /// Regression: a Set Zone Descriptor Extension whose extension write fails must leave the
-/// zone as it was. Today `ZonedImage::set_zde` (image.rs) moves the zone to Closed with
-/// ZDEV in memory (`ZoneSet::set_zde`) before writing the extension bytes and returns the
-/// write error without undoing it, so the live device reports a Closed zone with ZDEV and an
-/// extension that was never stored (and holds an active resource), although the command
-/// failed; after a restart the zone is Empty again. Fix: apply `set_zde` to a copy of the
-/// zone set (or validate first) and install it only once the extension bytes are written.
-/// Ignored until the library is fixed.
+/// zone as it was. `ZonedImage::set_zde` used to move the zone to Closed with ZDEV in memory
+/// (`ZoneSet::set_zde`) before writing the extension bytes and return the write error
+/// without undoing it, so the live device reported a Closed zone with ZDEV and an extension
+/// that was never stored (holding an active resource), although the command failed.
 #[test]
-#[ignore = "library bug: ZonedImage::set_zde changes the zone state before the extension write can fail"]
 fn set_zde_whose_write_fails_leaves_the_zone_unchanged() {
     let cfg = CONFIGS[1];
     let (e, _) = Exec::new(cfg, 5, Fault::None, None);
@@ -2329,12 +2325,10 @@ fn set_zde_whose_write_fails_leaves_the_zone_unchanged() {
 }
 
 /// Regression, durable side of the bug above: after a Reset cleared a zone's extension, a
-/// Set ZDE whose write fails, followed by a write to the zone and a Flush, persists the
-/// zone word with ZDEV set. After a restart the zone shows the extension from *before* the
-/// Reset (the failed command never stored new bytes), although the Reset completed.
-/// Ignored until `ZonedImage::set_zde` is fixed.
+/// Set ZDE whose write failed, followed by a write to the zone and a Flush, persisted the
+/// zone word with ZDEV set; after a restart the zone showed the extension from *before* the
+/// Reset (the failed command never stored new bytes), although the Reset had completed.
 #[test]
-#[ignore = "library bug: ZonedImage::set_zde changes the zone state before the extension write can fail"]
 fn failed_set_zde_never_resurrects_a_reset_extension() {
     let cfg = CONFIGS[1];
     let (e, _) = Exec::new(cfg, 5, Fault::None, None);
@@ -2367,15 +2361,12 @@ fn failed_set_zde_never_resurrects_a_reset_extension() {
 
 /// Regression: when the flush inside a Reset fails (the zone word cannot be written), the
 /// live image already shows the zone Empty while the disk still has the old write pointer
-/// and the old clusters mapped. Writes are still accepted after the failed flush; the next
-/// write at the zone start goes in place into the old, durable cluster. After a power loss
-/// the zone comes back with its old write pointer and the first bytes replaced: data that
-/// had been flushed is lost, and the zone holds neither its old contents nor a reset.
-/// Fix (image.rs): once a metadata write-back has failed (`Meta::failed`), refuse every
-/// write, append, write zeroes and zone operation with an I/O error until the image is
-/// reopened, the way `flush` already does. Ignored until the library is fixed.
+/// and the old clusters mapped. Writes used to be accepted after the failed flush: the next
+/// write at the zone start went in place into the old, durable cluster, and after a power
+/// loss the zone came back with its old write pointer and its first bytes replaced (flushed
+/// data lost; neither the old contents nor a reset). A failed metadata write-back must make
+/// the image refuse changes until it is reopened.
 #[test]
-#[ignore = "library bug: writes are still accepted after a failed metadata write-back"]
 fn writes_after_a_failed_reset_never_overwrite_flushed_data() {
     let cfg = CONFIGS[1];
     let (e, _) = Exec::new(cfg, 6, Fault::None, None);
@@ -2471,10 +2462,9 @@ fn recovery_from_a_crash_inside_a_reset_never_exposes_old_data() {
 
 /// Crash states after a host write error somewhere in a random workload: what was durable
 /// before the error must survive, and a failed command may have taken effect or not, but
-/// nothing else. Ignored while the library has the two known bugs above (this test finds
-/// them: a failed Reset followed by writes, a failed Set ZDE followed by a flush).
+/// nothing else. (Before the fixes pinned by the regression tests above, this found writes
+/// accepted after a failed write-back overwriting flushed data.)
 #[test]
-#[ignore = "finds the known library bugs after I/O errors (see the regression tests above)"]
 fn io_error_then_crash_states_keep_the_contract() {
     let t0 = Instant::now();
     let mut stats = Stats::default();
