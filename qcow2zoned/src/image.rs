@@ -1023,3 +1023,45 @@ impl Drop for ZonedImage {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initial_words_are_what_the_zone_set_persists() {
+        let g = ZoneGeometry {
+            zone_size: 1 << 20,
+            zone_capacity: 1 << 20,
+            nr_zones: 8,
+            conventional_zones: 2,
+            max_open: 0,
+            max_active: 0,
+        };
+        let set = ZoneSet::new(g);
+        for i in 0..8 {
+            assert_eq!(initial_word(&g, i), set.word(i), "zone {i}");
+        }
+        assert_eq!(initial_word(&g, 1), 0x0800_0000_0010_0000);
+    }
+
+    #[test]
+    fn create_normalises_max_open_to_max_active() {
+        let mut o = CreateOptions {
+            size: 8 << 20,
+            cluster_size: 65536,
+            zone: ZoneOptions {
+                size: 1 << 20,
+                capacity: 1 << 20,
+                max_active_zones: 5,
+                ..Default::default()
+            },
+        };
+        let (_, ext, geom) = plan_create(&o).unwrap();
+        assert_eq!((ext.max_open_zones, geom.max_open), (5, 5));
+        o.zone.max_open_zones = 3;
+        let (_, ext, _) = plan_create(&o).unwrap();
+        assert_eq!(ext.max_open_zones, 3);
+        assert_eq!(ext.zonedmeta_size, 64);
+    }
+}
