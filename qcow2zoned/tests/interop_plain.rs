@@ -299,3 +299,46 @@ fn other_refcount_widths() {
         );
     }
 }
+
+/// Preallocated images (every cluster mapped up front) read as zeros and take our writes.
+#[test]
+fn preallocated_images() {
+    for prealloc in ["metadata", "falloc"] {
+        let d = tmp();
+        let img = path_in(&d, "p.qcow2");
+        let raw = path_in(&d, "p.raw");
+        let size = 4u64 << 20;
+        let o = qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            &format!("cluster_size=65536,preallocation={prealloc}"),
+            p(&img),
+            &size.to_string(),
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+        let mut model = vec![0u8; size as usize];
+        {
+            let q = Qcow2::open(&img, OpenOptions::default()).unwrap();
+            let mut back = vec![1u8; size as usize];
+            q.read_at(0, &mut back).unwrap();
+            assert!(
+                back.iter().all(|&b| b == 0),
+                "{prealloc}: fresh image must read zeros"
+            );
+            q.write_at(100_000, &[9u8; 5000]).unwrap();
+            model[100_000..105_000].fill(9);
+            q.write_zeroes(0, 200_000).unwrap();
+            model[..200_000].fill(0);
+            q.write_at(150_000, &[3u8; 70_000]).unwrap();
+            model[150_000..220_000].fill(3);
+            q.close().unwrap();
+        }
+        check_clean(&img);
+        std::fs::write(&raw, &model).unwrap();
+        let o = qemu_img(&["compare", "-f", "qcow2", "-F", "raw", p(&img), p(&raw)]);
+        assert_eq!(o.status.code(), Some(0), "{prealloc}: {}", text(&o));
+    }
+}
