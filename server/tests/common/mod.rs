@@ -3,6 +3,7 @@
 //! controller that exercises the transport without the real NVMe model.
 #![allow(dead_code)]
 
+pub mod daemon;
 pub mod nvme_host;
 
 use nix::sys::eventfd::{EfdFlags, EventFd};
