@@ -493,6 +493,13 @@ enum Action {
         zone: u32,
         len: u64,
     },
+    /// Two writes to one zone completing out of order: the second completes and a Flush
+    /// runs while the first one's data is still in flight.
+    OutOfOrderPair {
+        zone: u32,
+        first: u64,
+        second: u64,
+    },
 }
 
 /// What the model expects of one zone after a step.
@@ -816,7 +823,9 @@ impl Exec {
                     }
                 }
             }
-            Action::WriteRacingFlush { .. } => unreachable!("handled by step_racing"),
+            Action::WriteRacingFlush { .. } | Action::OutOfOrderPair { .. } => {
+                unreachable!("handled by step_racing / step_out_of_order")
+            }
             Action::Force { zone, state } => {
                 let desc = format!("force zone {zone} {state:?}");
                 match self.img.force_zone_state(zone, state) {
@@ -849,6 +858,15 @@ impl Exec {
             self.step_racing(zone, len);
             return;
         }
+        if let Action::OutOfOrderPair {
+            zone,
+            first,
+            second,
+        } = *a
+        {
+            self.step_out_of_order(zone, first, second);
+            return;
+        }
         let start = self.rec.op_count();
         let (desc, durable, mgmt) = self.exec(a);
         let end = self.rec.op_count();
@@ -859,6 +877,98 @@ impl Exec {
             durable,
             mgmt,
             io_error: std::mem::take(&mut self.step_io_error),
+        });
+        let s = self.snapshot();
+        self.snaps.push(s);
+    }
+
+    /// Write A is issued and held back before its data reaches the page cache; write B,
+    /// right after it in the same zone, completes; a Flush completes; then A is let go.
+    /// Recorded as two steps: "B done and flushed while A is in flight" (durable: the
+    /// committed write pointer must stay before A) and "A done".
+    fn step_out_of_order(&mut self, zone: u32, first: u64, second: u64) {
+        let wp = self.zinfo(zone).wp;
+        // B starts on a cluster boundary, so it never waits for a cluster A is allocating.
+        let cs = self.cfg.cluster;
+        let first = (wp + first).div_ceil(cs) * cs - wp;
+        let room = zone_start(&self.cfg, zone) + self.cfg.capacity - wp;
+        let second = second.min(room.saturating_sub(first));
+        let a = self.data_rng.bytes(first as usize);
+        let b = self.data_rng.bytes(second as usize);
+        let desc = format!(
+            "writes zone {zone} at +0x{:x} len {first} then len {second}, completing out of order",
+            wp - zone_start(&self.cfg, zone)
+        );
+        let start = self.rec.op_count();
+        let (img, rec, nz) = (&self.img, &self.rec, self.cfg.zones);
+        rec.arm(&a[..16.min(a.len())]);
+        let (held, rb, flushed, mid, mid_state, ra) = std::thread::scope(|sc| {
+            let ha = sc.spawn(|| img.write(wp, &[IoSlice::new(&a)], false));
+            let held = rec.wait_blocked(|| ha.is_finished());
+            // B may legitimately wait for A (it shares a cluster being allocated for A):
+            // give it a moment, and only flush if it completed while A is held.
+            let bref = &b;
+            let hb = sc.spawn(move || {
+                if held {
+                    img.write(wp + first, &[IoSlice::new(bref)], false)
+                } else {
+                    Err(Error::Invalid("first write did not start".into()))
+                }
+            });
+            let t = Instant::now();
+            while !hb.is_finished() && t.elapsed() < std::time::Duration::from_secs(2) {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            let b_done = hb.is_finished();
+            let fr = if b_done {
+                img.flush()
+            } else {
+                Err(Error::Invalid("second write waits for the first".into()))
+            };
+            let mid = rec.op_count();
+            let mid_state = live_state(img, nz);
+            rec.open_gate();
+            let ra = ha.join().expect("writer thread");
+            let rb = hb.join().expect("writer thread");
+            (held && b_done, rb, fr, mid, mid_state, ra)
+        });
+        if let Err(e) = &flushed {
+            self.note_err("flush between out-of-order writes", e);
+        }
+        let ok = held && rb.is_ok();
+        self.steps.push(StepRec {
+            start,
+            end: mid,
+            desc: format!("second of {desc} done, flushed, first in flight"),
+            durable: flushed.is_ok() && ok,
+            mgmt: false,
+            io_error: false,
+        });
+        let snap = self.make_snap(&mid_state.0, &mid_state.1);
+        self.snaps.push(snap);
+        let end = self.rec.op_count();
+        let desc = match (&ra, &rb) {
+            (Ok(()), Ok(())) => {
+                self.push_data(zone, &a);
+                self.push_data(zone, &b);
+                format!("first of {desc} done")
+            }
+            (Ok(()), Err(e)) => {
+                self.push_data(zone, &a);
+                format!("{desc}: second refused: {e}")
+            }
+            (Err(e), _) => {
+                self.note_err(&desc, e);
+                format!("{desc} (refused: {e})")
+            }
+        };
+        self.steps.push(StepRec {
+            start: mid,
+            end,
+            desc,
+            durable: false,
+            mgmt: false,
+            io_error: false,
         });
         let s = self.snapshot();
         self.snaps.push(s);
@@ -1090,9 +1200,14 @@ fn random_action(rng: &mut Rng, e: &Exec, forced: &mut u32) -> Action {
             };
             Action::SetZde { zone }
         }
-        87..=89 if room >= 512 => Action::WriteRacingFlush {
+        87 if room >= 512 => Action::WriteRacingFlush {
             zone,
             len: pick_len(rng, room),
+        },
+        88..=89 if room >= 1024 => Action::OutOfOrderPair {
+            zone,
+            first: pick_len(rng, room / 2),
+            second: pick_len(rng, room / 2),
         },
         86 if *forced < 2 => {
             *forced += 1;
@@ -1145,6 +1260,11 @@ fn run_random_with_io_error(cfg: Config, seed: u64, nsteps: usize, at: usize, af
             Action::WriteRacingFlush { zone, len } => Action::Write {
                 zone,
                 len,
+                fua: false,
+            },
+            Action::OutOfOrderPair { zone, first, .. } => Action::Write {
+                zone,
+                len: first,
                 fua: false,
             },
             a => a,
@@ -2045,6 +2165,7 @@ fn crash_states_keep_the_durability_contract() {
         "set_zde",
         "force",
         "flush while the data of 'write",
+        "second of writes",
     ] {
         assert!(
             stats.kinds.get(kind).copied().unwrap_or(0) > 0,
@@ -2752,5 +2873,48 @@ fn failed_refcount_table_growth_never_corrupts_the_image() {
             let got = io_read(&img, i.start, want.len()).expect("read");
             assert!(&got == want, "zone {z}: flushed data differs after restart");
         }
+    }
+}
+
+#[test]
+fn out_of_order_completions_never_expose_a_hole() {
+    // Two writes to one zone; the second completes and a Flush completes while the first
+    // is still in flight. The durable write pointer must stay before the first write (the
+    // second's data is on disk but must not be covered), then move past both only at the
+    // next durability point.
+    for cfg in [CONFIGS[0], CONFIGS[1], CONFIGS[6]] {
+        let script = vec![
+            Action::Write {
+                zone: 2,
+                len: 3 * KIB,
+                fua: false,
+            },
+            Action::OutOfOrderPair {
+                zone: 2,
+                first: 2 * cfg.cluster + 1024,
+                second: 5 * KIB,
+            },
+            Action::OutOfOrderPair {
+                zone: 3,
+                first: 4 * KIB,
+                second: cfg.capacity - 4 * KIB,
+            },
+            Action::Flush,
+        ];
+        let run = run_script(cfg, 14, &script, Fault::None);
+        assert!(run.live_errors.is_empty(), "{:?}", run.live_errors);
+        let mids: Vec<&StepRec> = run
+            .steps
+            .iter()
+            .filter(|s| s.desc.starts_with("second of"))
+            .collect();
+        assert_eq!(mids.len(), 2);
+        assert!(
+            mids.iter().all(|s| s.durable),
+            "the pair did not complete out of order: {mids:?}"
+        );
+        let stats = explore_all(&run);
+        assert!(stats.states > 20, "{} states", stats.states);
+        assert_eq!(stats.violating, 0, "{}: {:#?}", cfg.name, stats.reports);
     }
 }
