@@ -500,6 +500,13 @@ enum Action {
         first: u64,
         second: u64,
     },
+    /// Like `OutOfOrderPair`, but the second write has FUA and no Flush is issued: when it
+    /// completes it must be durable, so it cannot complete before the first one.
+    FuaBehindInFlight {
+        zone: u32,
+        first: u64,
+        second: u64,
+    },
 }
 
 /// What the model expects of one zone after a step.
@@ -823,7 +830,9 @@ impl Exec {
                     }
                 }
             }
-            Action::WriteRacingFlush { .. } | Action::OutOfOrderPair { .. } => {
+            Action::WriteRacingFlush { .. }
+            | Action::OutOfOrderPair { .. }
+            | Action::FuaBehindInFlight { .. } => {
                 unreachable!("handled by step_racing / step_out_of_order")
             }
             Action::Force { zone, state } => {
@@ -867,6 +876,15 @@ impl Exec {
             self.step_out_of_order(zone, first, second);
             return;
         }
+        if let Action::FuaBehindInFlight {
+            zone,
+            first,
+            second,
+        } = *a
+        {
+            self.step_fua_behind(zone, first, second);
+            return;
+        }
         let start = self.rec.op_count();
         let (desc, durable, mgmt) = self.exec(a);
         let end = self.rec.op_count();
@@ -878,6 +896,123 @@ impl Exec {
             mgmt,
             io_error: std::mem::take(&mut self.step_io_error),
         });
+        let s = self.snapshot();
+        self.snaps.push(s);
+    }
+
+    /// Write A is held back before its data reaches the page cache; write B, right after it
+    /// in the same zone, is issued with FUA. If B completes while A is still held, B was
+    /// acknowledged durable although the durable write pointer cannot cover it before A's
+    /// data is there: the model records B (and so A's range) as durable at that point, and
+    /// the crash states after it show whether the image kept that promise. If B waits for
+    /// A, the pair is one durable step.
+    fn step_fua_behind(&mut self, zone: u32, first: u64, second: u64) {
+        let wp = self.zinfo(zone).wp;
+        let cs = self.cfg.cluster;
+        let first = (wp + first).div_ceil(cs) * cs - wp;
+        let room = zone_start(&self.cfg, zone) + self.cfg.capacity - wp;
+        let second = second.min(room.saturating_sub(first));
+        let a = self.data_rng.bytes(first as usize);
+        let b = self.data_rng.bytes(second as usize);
+        let desc = format!(
+            "write zone {zone} at +0x{:x} len {first} in flight, then FUA write len {second}",
+            wp - zone_start(&self.cfg, zone)
+        );
+        let start = self.rec.op_count();
+        let (img, rec) = (&self.img, &self.rec);
+        rec.arm(&a[..16.min(a.len())]);
+        let (held, early, mid, ra, rb) = std::thread::scope(|sc| {
+            let ha = sc.spawn(|| img.write(wp, &[IoSlice::new(&a)], false));
+            let held = rec.wait_blocked(|| ha.is_finished());
+            let bref = &b;
+            let hb = sc.spawn(move || {
+                if held {
+                    img.write(wp + first, &[IoSlice::new(bref)], true)
+                } else {
+                    Err(Error::Invalid("first write did not start".into()))
+                }
+            });
+            let t = Instant::now();
+            while !hb.is_finished() && t.elapsed() < std::time::Duration::from_secs(1) {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            let early = held && hb.is_finished();
+            let mid = rec.op_count();
+            rec.open_gate();
+            let ra = ha.join().expect("writer thread");
+            let rb = hb.join().expect("writer thread");
+            (held, early, mid, ra, rb)
+        });
+        let ok = held && ra.is_ok() && rb.is_ok();
+        if !ok {
+            if let Err(e) = &ra {
+                self.note_err(&desc, e);
+            }
+            if let Err(e) = &rb {
+                self.note_err(&desc, e);
+            }
+            if ra.is_ok() {
+                self.push_data(zone, &a);
+            }
+            if ra.is_ok() && rb.is_ok() {
+                self.push_data(zone, &b);
+            }
+            let end = self.rec.op_count();
+            self.steps.push(StepRec {
+                start,
+                end,
+                desc: format!("{desc} (refused)"),
+                durable: false,
+                mgmt: false,
+                io_error: false,
+            });
+            let s = self.snapshot();
+            self.snaps.push(s);
+            return;
+        }
+        self.push_data(zone, &a);
+        self.push_data(zone, &b);
+        if early {
+            // B was acknowledged durable while A was in flight: from here on the model
+            // holds the image to B's promise.
+            let mut snap = self.snaps.last().cloned().unwrap_or_default();
+            let z = zone as usize;
+            snap[z].gen = self.cur_gen[z];
+            snap[z].wp = wp + first + second;
+            snap[z].state = if snap[z].wp == zone_start(&self.cfg, zone) + self.cfg.capacity {
+                ZoneState::Full
+            } else {
+                ZoneState::Closed
+            };
+            self.steps.push(StepRec {
+                start,
+                end: mid,
+                desc: format!("{desc}: FUA write acknowledged while the first is in flight"),
+                durable: true,
+                mgmt: false,
+                io_error: false,
+            });
+            self.snaps.push(snap);
+            let end = self.rec.op_count();
+            self.steps.push(StepRec {
+                start: mid,
+                end,
+                desc: format!("{desc}: first done"),
+                durable: false,
+                mgmt: false,
+                io_error: false,
+            });
+        } else {
+            let end = self.rec.op_count();
+            self.steps.push(StepRec {
+                start,
+                end,
+                desc: format!("{desc}: FUA write waited for the first"),
+                durable: true,
+                mgmt: false,
+                io_error: false,
+            });
+        }
         let s = self.snapshot();
         self.snaps.push(s);
     }
@@ -2916,5 +3051,57 @@ fn out_of_order_completions_never_expose_a_hole() {
         let stats = explore_all(&run);
         assert!(stats.states > 20, "{} states", stats.states);
         assert_eq!(stats.violating, 0, "{}: {:#?}", cfg.name, stats.reports);
+    }
+}
+
+///
+/// Library bug, not fixed yet: `ZonedImage::write` / `append` / `write_zeroes` (image.rs)
+/// call `flush_covering(done)` as soon as their own data I/O has finished. The flush
+/// persists the zone's *committed* write pointer, which stops before the earlier write
+/// still in flight, so the FUA write returns success while a power loss would leave the
+/// zone's write pointer before it (its data unreadable: reads above the write pointer
+/// return zeros). The same holds in write-through mode, and for Zone Append with FUA from
+/// two queues. Fix: before the flush, wait (on the image's condition variable) until the
+/// zone's committed write pointer covers the ticket's end, or the reservation was dropped
+/// by Finish/Reset/forced state, then flush covering the completion count at that moment
+/// (not the write's own number, since the write that closed the gap completed later).
+#[test]
+#[ignore = "library bug: a FUA write completes before an earlier write to its zone, so its write pointer is not durable"]
+fn fua_write_behind_a_write_in_flight_is_durable_when_it_completes() {
+    // A FUA write completes only once it is durable, data and write pointer. When an
+    // earlier write to the same zone is still in flight, the write pointer cannot cover
+    // the FUA write yet, so the FUA write must not complete before the earlier one.
+    for cfg in [CONFIGS[0], CONFIGS[1]] {
+        let script = vec![
+            Action::Write {
+                zone: 2,
+                len: 3 * KIB,
+                fua: false,
+            },
+            Action::FuaBehindInFlight {
+                zone: 2,
+                first: 8 * KIB,
+                second: 5 * KIB,
+            },
+        ];
+        let run = run_script(cfg, 15, &script, Fault::None);
+        assert!(run.live_errors.is_empty(), "{:?}", run.live_errors);
+        let early = run
+            .steps
+            .iter()
+            .any(|s| s.desc.contains("acknowledged while"));
+        let stats = explore_all(&run);
+        assert_eq!(
+            stats.violating,
+            0,
+            "{}: FUA write {} the write in flight before it: {:#?}",
+            cfg.name,
+            if early {
+                "completed before"
+            } else {
+                "waited for"
+            },
+            stats.reports
+        );
     }
 }
