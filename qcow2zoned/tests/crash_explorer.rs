@@ -3071,7 +3071,7 @@ fn fua_write_behind_a_write_in_flight_is_durable_when_it_completes() {
     // A FUA write completes only once it is durable, data and write pointer. When an
     // earlier write to the same zone is still in flight, the write pointer cannot cover
     // the FUA write yet, so the FUA write must not complete before the earlier one.
-    for cfg in [CONFIGS[0], CONFIGS[1]] {
+    for cfg in [CONFIGS[3], CONFIGS[0], CONFIGS[1]] {
         let script = vec![
             Action::Write {
                 zone: 2,
