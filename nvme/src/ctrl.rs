@@ -202,6 +202,9 @@ pub(crate) struct Ctrl {
     pub wce: AtomicBool,
     /// Some asynchronous event is queued (lets idle pollers skip the events lock).
     pub events_pending: AtomicBool,
+    /// Null data path (benchmarking): Read, Write, Write Zeroes and Zone Append complete
+    /// after their checks without touching the image or moving data.
+    pub null_io: AtomicBool,
 }
 
 impl Ctrl {
@@ -240,6 +243,7 @@ impl Ctrl {
             page_size: AtomicU64::new(4096),
             wce: AtomicBool::new(wce),
             events_pending: AtomicBool::new(false),
+            null_io: AtomicBool::new(false),
         })
     }
 

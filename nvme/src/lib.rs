@@ -195,6 +195,16 @@ impl Controller {
     pub fn process_io(&self, env: &HostEnv<'_>, poller: usize, pollers: usize) -> usize {
         self.inner.process_io(env, poller, pollers)
     }
+    /// Null data path, for measuring the command path alone: Read, Write, Write Zeroes and
+    /// Zone Append are decoded and checked (opcode, namespace, MDTS, LBA range, append ZSLBA
+    /// and ZASL, data pointer walked) and then complete successfully without touching the
+    /// image and without moving data; zone state is not tracked (an append reports its
+    /// ZSLBA). Flush, zone management and reports still go to the image.
+    pub fn set_null_io(&self, on: bool) {
+        self.inner
+            .null_io
+            .store(on, std::sync::atomic::Ordering::Release);
+    }
     /// Whether the controller is enabled and ready (CSTS.RDY).
     pub fn ready(&self) -> bool {
         self.inner.ready.load(std::sync::atomic::Ordering::Acquire)

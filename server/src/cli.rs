@@ -47,6 +47,17 @@ impl From<Cache> for CacheMode {
     }
 }
 
+/// Data paths on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Backend {
+    /// Reads and writes go to the zoned qcow2 image.
+    Qcow2,
+    /// Benchmarking only: reads, writes, write zeroes and appends complete successfully after
+    /// their checks without touching the image or moving data (zone state not tracked; an
+    /// append reports its ZSLBA). Zone management, reports and flushes still use the image.
+    Null,
+}
+
 /// Options of `serve`.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
@@ -79,6 +90,9 @@ pub struct ServeArgs {
     /// Open the image with O_DIRECT.
     #[arg(long)]
     pub direct: bool,
+    /// Data path: the image, or `null` to measure the command path alone.
+    #[arg(long, value_enum, default_value_t = Backend::Qcow2)]
+    pub backend: Backend,
 }
 
 impl Default for ServeArgs {
@@ -93,6 +107,7 @@ impl Default for ServeArgs {
             io_threads: None,
             cache: Cache::Writeback,
             direct: false,
+            backend: Backend::Qcow2,
         }
     }
 }

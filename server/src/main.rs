@@ -61,6 +61,10 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         ..nvme::ControllerConfig::default()
     };
     let ctrl = nvme::Controller::new(Arc::clone(&image), cfg).map_err(|e| e.to_string())?;
+    if args.backend == znsd::cli::Backend::Null {
+        tracing::warn!("Null backend: data I/O completes without reaching the image");
+        ctrl.set_null_io(true);
+    }
     let socket = args.socket_path();
     let running = znsd::start(
         Arc::new(ctrl),
