@@ -7,9 +7,12 @@
 //! almost no CPU and a new doorbell is noticed within about a millisecond. After about 10 ms
 //! without work a poller stops polling: the doorbell watcher thread ("znsd-doorbells")
 //! scans the page every millisecond and wakes the poller owning a changed doorbell, so an
-//! idle controller costs one 1 kHz thread instead of one per poller. While the controller is
-//! disabled everything sleeps longer; a register write wakes the pollers. A trapped doorbell
-//! write (REGION_WRITE) wakes the owning poller at once through its channel.
+//! idle controller costs one 1 kHz thread instead of one per poller. The watcher only scans
+//! while some poller is deeply idle (pollers that are busy or backing off watch their own
+//! doorbells), and it sleeps with `thread::sleep` rather than a channel timeout, whose
+//! spin-and-yield backoff cost a busy 2-CPU host a quarter of znsd's CPU time. While the
+//! controller is disabled everything sleeps longer; a register write wakes the pollers. A
+//! trapped doorbell write (REGION_WRITE) wakes the owning poller at once through its channel.
 //!
 //! Control messages (quiesce, resume, stop) travel on the same crossbeam channel; quiesce is
 //! acknowledged between two controller calls, so once every poller has acked no command is
@@ -17,9 +20,9 @@
 
 use crate::bar;
 use crate::device::Device;
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -67,6 +70,8 @@ impl Waker {
 struct Wakers {
     admin: Waker,
     io: Vec<Waker>,
+    /// Pollers currently relying on the watcher (deeply idle).
+    deep_idle: Arc<AtomicUsize>,
 }
 
 impl Wakers {
@@ -111,18 +116,30 @@ impl Pollers {
     pub fn start(dev: Arc<Device>, io_pollers: usize) -> std::io::Result<Pollers> {
         let count = io_pollers.max(1);
         let mut joins = Vec::with_capacity(count + 1);
-        let admin = spawn(&dev, Role::Admin, "znsd-admin".into(), &mut joins)?;
+        let deep_idle = Arc::new(AtomicUsize::new(0));
+        let admin = spawn(
+            &dev,
+            Role::Admin,
+            "znsd-admin".into(),
+            &deep_idle,
+            &mut joins,
+        )?;
         let io = (0..count)
             .map(|index| {
                 spawn(
                     &dev,
                     Role::Io { index, count },
                     format!("znsd-io{index}"),
+                    &deep_idle,
                     &mut joins,
                 )
             })
             .collect::<std::io::Result<Vec<_>>>()?;
-        let wakers = Wakers { admin, io };
+        let wakers = Wakers {
+            admin,
+            io,
+            deep_idle,
+        };
         let (stop_tx, stop_rx) = crossbeam_channel::bounded(4);
         let w = wakers.clone();
         let watcher = std::thread::Builder::new()
@@ -211,15 +228,45 @@ const DOORBELL_DWORDS: usize = (bar::DOORBELL_SIZE / 4) as usize;
 /// been enabled).
 fn watch_doorbells(dev: &Device, wakers: &Wakers, ctl: &Receiver<bool>) {
     let mut last = vec![0u32; DOORBELL_DWORDS];
+    let mut scanning = false;
     loop {
         let ready = dev.ctrl.ready();
-        let period = if ready { MAX_SLEEP } else { DISABLED_SLEEP };
-        match ctl.recv_timeout(period) {
-            Err(RecvTimeoutError::Timeout) | Ok(false) => {}
-            Ok(true) | Err(RecvTimeoutError::Disconnected) => return,
+        if ready {
+            // A plain sleep: a channel timeout would spin and yield first, every period.
+            std::thread::sleep(MAX_SLEEP);
+            match ctl.try_recv() {
+                Err(TryRecvError::Empty) | Ok(false) => {}
+                Ok(true) | Err(TryRecvError::Disconnected) => return,
+            }
+        } else {
+            // Disabled: long waits, cut short by the wake-up that comes with enabling.
+            match ctl.recv_timeout(DISABLED_SLEEP) {
+                Err(RecvTimeoutError::Timeout) | Ok(false) => {}
+                Ok(true) | Err(RecvTimeoutError::Disconnected) => return,
+            }
         }
         // KVM's INTx resample eventfd (guest EOI) is checked here too, at the same rate.
         dev.irq.poll_resample();
+        // Pollers that are not deeply idle poll their doorbells themselves. When scanning
+        // resumes, `last` is stale (a doorbell may have moved and come back to the value it
+        // had): take a fresh copy and wake every poller once, so each re-reads its doorbells
+        // after the copy; from then on every change a scan sees wakes the owner.
+        if wakers.deep_idle.load(Ordering::Acquire) == 0 {
+            scanning = false;
+            continue;
+        }
+        if !scanning {
+            scanning = true;
+            for (i, seen) in last.iter_mut().enumerate() {
+                *seen = dev.doorbells.load(bar::DOORBELL_BASE + 4 * i as u64);
+            }
+            if ready {
+                for w in wakers.all() {
+                    w.wake();
+                }
+            }
+            continue;
+        }
         for (i, seen) in last.iter_mut().enumerate() {
             let v = dev.doorbells.load(bar::DOORBELL_BASE + 4 * i as u64);
             if v != *seen {
@@ -236,18 +283,48 @@ fn spawn(
     dev: &Arc<Device>,
     role: Role,
     name: String,
+    deep_idle: &Arc<AtomicUsize>,
     joins: &mut Vec<JoinHandle<()>>,
 ) -> std::io::Result<Waker> {
     let (tx, rx) = crossbeam_channel::unbounded();
     let pending = Arc::new(AtomicBool::new(false));
     let p = Arc::clone(&pending);
     let dev = Arc::clone(dev);
+    let deep = DeepIdle {
+        count: Arc::clone(deep_idle),
+        mine: false,
+    };
     joins.push(
         std::thread::Builder::new()
             .name(name)
-            .spawn(move || poll_loop(&dev, role, &rx, &p))?,
+            .spawn(move || poll_loop(&dev, role, &rx, &p, deep))?,
     );
     Ok(Waker { tx, pending })
+}
+
+/// A poller's registration as deeply idle (watched by the doorbell watcher).
+struct DeepIdle {
+    count: Arc<AtomicUsize>,
+    mine: bool,
+}
+
+impl DeepIdle {
+    fn set(&mut self, deep: bool) {
+        if deep != self.mine {
+            self.mine = deep;
+            if deep {
+                self.count.fetch_add(1, Ordering::AcqRel);
+            } else {
+                self.count.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+}
+
+impl Drop for DeepIdle {
+    fn drop(&mut self) {
+        self.set(false);
+    }
 }
 
 /// Outcome of handling one control message.
@@ -256,7 +333,13 @@ enum Flow {
     Stop,
 }
 
-fn poll_loop(dev: &Device, role: Role, rx: &Receiver<Msg>, wake_pending: &AtomicBool) {
+fn poll_loop(
+    dev: &Device,
+    role: Role,
+    rx: &Receiver<Msg>,
+    wake_pending: &AtomicBool,
+    mut deep: DeepIdle,
+) {
     let span = match role {
         Role::Admin => tracing::debug_span!("poller", queue = "admin"),
         Role::Io { index, .. } => tracing::debug_span!("poller", io = index),
@@ -323,6 +406,7 @@ fn poll_loop(dev: &Device, role: Role, rx: &Receiver<Msg>, wake_pending: &Atomic
         };
         if done > 0 {
             idle = 0;
+            deep.set(false);
             continue;
         }
         idle = idle.saturating_add(1);
@@ -334,6 +418,12 @@ fn poll_loop(dev: &Device, role: Role, rx: &Receiver<Msg>, wake_pending: &Atomic
         let sleep = if !ready {
             DISABLED_SLEEP
         } else if idle > DEEP_IDLE_ROUNDS {
+            // Register before the last doorbell check (the next round's process call):
+            // from now on the watcher scans, so a doorbell written after that check is seen.
+            if !deep.mine {
+                deep.set(true);
+                continue;
+            }
             DEEP_SLEEP
         } else {
             MIN_SLEEP.saturating_mul(1 << shift).min(MAX_SLEEP)
