@@ -182,3 +182,12 @@ bigdata() { seq 1 300000 | head -c 1048576; }
 reset_all() {
     nvme zns reset-zone "$DEV" -a >/dev/null 2>&1 || fail "reset-zone -a failed"
 }
+
+# emit_state TAG FILE: print FILE on the console for the host, which hands
+# it to a later boot (multi-boot scenarios; e2e's capture_state reads it):
+# "@@TAG <line>" per line, then "@@TAG-end <lines> <md5>", so the host can
+# tell a complete copy from one that kernel messages or a crash mangled.
+emit_state() {
+    sed "s/^/@@$1 /" "$2"
+    echo "@@$1-end $(wc -l <"$2") $(md5sum <"$2" | cut -d' ' -f1)"
+}
