@@ -224,9 +224,22 @@ pub fn check_image(st: &dyn Storage) -> ImgResult<CheckReport> {
                         }
                     }
                     if rep.zone_errors == 0 {
-                        if let Err(e) = ZoneSet::from_words(geom, &words) {
-                            rep.zone_errors += 1;
-                            rep.corrupt(format!("zone words: {e}"));
+                        match ZoneSet::from_words(geom, &words) {
+                            Err(e) => {
+                                rep.zone_errors += 1;
+                                rep.corrupt(format!("zone words: {e}"));
+                            }
+                            Ok(set) => {
+                                let (_, active) = set.counts();
+                                if geom.max_active != 0 && active > geom.max_active {
+                                    // Legal after a crash with a zone's last write in flight;
+                                    // the device opens and frees resources as zones finish.
+                                    rep.messages.push(format!(
+                                        "Warning: {active} active zones exceed max_active_zones {}",
+                                        geom.max_active
+                                    ));
+                                }
+                            }
                         }
                     }
                 }

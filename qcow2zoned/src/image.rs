@@ -9,7 +9,8 @@ use crate::header::ZonedExt;
 use crate::meta::{push_zero, read_full, write_back, Meta, Plan, ReadSeg};
 use crate::storage::{FileStorage, Storage};
 use crate::zone::{
-    word, WriteTicket, ZoneAction, ZoneAttrs, ZoneError, ZoneGeometry, ZoneInfo, ZoneSet, ZoneState,
+    word, WriteTicket, ZoneAction, ZoneAttrs, ZoneError, ZoneGeometry, ZoneInfo, ZoneSet,
+    ZoneState, ZoneType,
 };
 use std::collections::BTreeSet;
 use std::io::{IoSlice, IoSliceMut};
@@ -717,7 +718,7 @@ impl ZonedImage {
         g.inflight += 1;
         let done = self.run_write(g, &ticket, bufs)?;
         if self.durable_writes(fua) {
-            self.flush_covering(done)?;
+            self.flush_covering(self.settle(&ticket, done))?;
         }
         Ok(())
     }
@@ -755,7 +756,7 @@ impl ZonedImage {
         self.unlock(g);
         r?;
         if self.durable_writes(fua) {
-            self.flush_covering(done)?;
+            self.flush_covering(self.settle(&ticket, done))?;
         }
         Ok(())
     }
@@ -777,9 +778,28 @@ impl ZonedImage {
         g.inflight += 1;
         let done = self.run_write(g, &ticket, bufs)?;
         if self.durable_writes(fua) {
-            self.flush_covering(done)?;
+            self.flush_covering(self.settle(&ticket, done))?;
         }
         Ok(ticket.offset)
+    }
+
+    /// Before a durable (FUA / write-through) write returns: wait until its zone's committed
+    /// write pointer covers it — an earlier write to the zone may still be in flight, and a
+    /// write pointer persisted before that one completes would stop short of this write —
+    /// or until nothing is in flight in the zone any more (the reservation was dropped by a
+    /// reset, finish or forced state). Returns the completion count to flush up to.
+    fn settle(&self, ticket: &WriteTicket, done: u64) -> u64 {
+        let mut g = self.lock();
+        loop {
+            let z = g.zones.info(ticket.zone);
+            if z.ztype == ZoneType::Conventional {
+                return done;
+            }
+            if z.wp >= ticket.offset + ticket.len || g.zones.in_flight(ticket.zone) == 0 {
+                return g.completed.max(done);
+            }
+            g = self.wait(g);
+        }
     }
 
     /// Make every completed write, and the zone state covering it, durable.

@@ -83,12 +83,29 @@ pub struct WriteExtent {
 pub struct WritePlan {
     /// Host writes in guest order.
     pub extents: Vec<WriteExtent>,
-    /// (guest cluster, new L2 entry) to install after the data I/O.
-    commits: Vec<(u64, u64)>,
+    /// (guest cluster, new L2 entry, joinable) for clusters this plan maps.
+    commits: Vec<(u64, u64, bool)>,
+    /// Guest clusters whose in-flight mapping (by another write) this plan shares.
+    joined: Vec<u64>,
     /// Clusters taken from free space for this plan (returned on failure).
     fresh: Vec<u64>,
     /// I/O sequence number (see `Meta::begin_io`).
     seq: u64,
+}
+
+/// A guest cluster being mapped by writes still in flight.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    /// L2 entry to install.
+    entry: u64,
+    /// Writes using the new mapping.
+    users: u32,
+    /// The host cluster reads as zeros, so other writes may share it without padding.
+    joinable: bool,
+    /// At least one user's data I/O succeeded.
+    ok: bool,
+    /// The host cluster came from free space (give it back if every user failed).
+    fresh: bool,
 }
 
 /// Dirty metadata captured for write-back.
@@ -177,7 +194,7 @@ pub struct Meta {
     file_clusters: u64,
     /// File length as far as we know (we only ever grow it).
     file_len: u64,
-    pending: HashSet<u64>,
+    pending: HashMap<u64, Pending>,
     /// (host cluster, I/O sequence at the time it was unmapped): freed once the L2 change
     /// is durable and every I/O planned before the unmap has finished.
     deferred_free: Vec<(u64, u64)>,
@@ -344,7 +361,7 @@ impl Meta {
             end_cluster: file_clusters,
             file_clusters,
             file_len,
-            pending: HashSet::new(),
+            pending: HashMap::new(),
             deferred_free: Vec::new(),
             io_seq: 0,
             io_inflight: VecDeque::new(),
@@ -535,7 +552,12 @@ impl Meta {
             }
             let ti = (c / self.per_block) as usize;
             if ti >= self.rt.len() {
-                self.grow_refcount_table(st, ti + 1)?;
+                // Growth switches tables in memory as it goes: after an error there, memory
+                // and disk disagree, so the image refuses changes until reopened.
+                if let Err(e) = self.grow_refcount_table(st, ti + 1) {
+                    self.failed = true;
+                    return Err(e);
+                }
                 continue;
             }
             if self.rt[ti] == 0 {
@@ -744,11 +766,19 @@ impl Meta {
         off / self.cs..div_ceil(off + len, self.cs)
     }
 
+    /// A write must wait for clusters being mapped unless it can share the mapping.
+    fn write_must_wait(&self, off: u64, len: u64) -> bool {
+        !self.pending.is_empty()
+            && self
+                .range_clusters(off, len)
+                .any(|c| self.pending.get(&c).is_some_and(|p| !p.joinable))
+    }
+
     fn any_pending(&self, off: u64, len: u64) -> bool {
         !self.pending.is_empty()
             && self
                 .range_clusters(off, len)
-                .any(|c| self.pending.contains(&c))
+                .any(|c| self.pending.contains_key(&c))
     }
 
     /// Register an I/O that is about to touch host clusters outside the lock; clusters
@@ -806,14 +836,29 @@ impl Meta {
         if self.read_only {
             return Err(Error::Invalid("image opened read-only".into()));
         }
-        if self.any_pending(off, len) {
+        if self.write_must_wait(off, len) {
             return Ok(Plan::Wait);
         }
         let mut plan = WritePlan::default();
         match self.plan_write_inner(st, off, len, &mut plan) {
             Ok(()) => {
-                for (gc, _) in &plan.commits {
-                    self.pending.insert(*gc);
+                for &(gc, entry, joinable) in &plan.commits {
+                    let fresh = plan.fresh.contains(&(entry & OFFSET_MASK));
+                    self.pending.insert(
+                        gc,
+                        Pending {
+                            entry,
+                            users: 1,
+                            joinable,
+                            ok: false,
+                            fresh,
+                        },
+                    );
+                }
+                for gc in &plan.joined {
+                    if let Some(p) = self.pending.get_mut(gc) {
+                        p.users += 1;
+                    }
                 }
                 plan.seq = self.begin_io();
                 Ok(Plan::Ready(plan))
@@ -838,6 +883,18 @@ impl Meta {
         for gc in self.range_clusters(off, len) {
             let s = off.max(gc * cs) - gc * cs;
             let e = (off + len).min((gc + 1) * cs) - gc * cs;
+            if let Some(p) = self.pending.get(&gc) {
+                // Another write in flight is mapping this cluster onto zeros: share it.
+                plan.joined.push(gc);
+                let ext = WriteExtent {
+                    host: (p.entry & OFFSET_MASK) + s,
+                    pad_before: 0,
+                    len: e - s,
+                    pad_after: 0,
+                };
+                push_extent(&mut plan.extents, ext);
+                continue;
+            }
             let m = self.mapping(st, gc)?;
             let ext = match m {
                 Mapping::Data(h) => WriteExtent {
@@ -864,7 +921,7 @@ impl Meta {
                             (h, zeroed)
                         }
                     };
-                    plan.commits.push((gc, h | COPIED));
+                    plan.commits.push((gc, h | COPIED, virgin));
                     if virgin {
                         WriteExtent {
                             host: h + s,
@@ -882,17 +939,7 @@ impl Meta {
                     }
                 }
             };
-            match plan.extents.last_mut() {
-                Some(p)
-                    if p.pad_after == 0
-                        && ext.pad_before == 0
-                        && p.host + p.pad_before + p.len == ext.host =>
-                {
-                    p.len += ext.len;
-                    p.pad_after = ext.pad_after;
-                }
-                _ => plan.extents.push(ext),
-            }
+            push_extent(&mut plan.extents, ext);
         }
         Ok(())
     }
@@ -900,16 +947,28 @@ impl Meta {
     /// After the data I/O of `plan`: link new clusters (`ok`) or give them back.
     pub fn finish_write(&mut self, st: &dyn Storage, plan: WritePlan, ok: bool) -> ImgResult<()> {
         self.end_io(plan.seq);
-        for (gc, _) in &plan.commits {
-            self.pending.remove(gc);
-        }
-        if ok {
-            for (gc, e) in plan.commits {
-                self.set_l2(st, gc, e)?;
+        let gcs = plan
+            .commits
+            .iter()
+            .map(|c| c.0)
+            .chain(plan.joined.iter().copied());
+        for gc in gcs {
+            let Some(p) = self.pending.get_mut(&gc) else {
+                continue;
+            };
+            p.users -= 1;
+            p.ok |= ok;
+            if p.users > 0 {
+                continue;
             }
-        } else {
-            for h in plan.fresh {
-                self.adjust_refcount(st, h / self.cs, -1)?;
+            // The last user links the cluster if any user's data got there, else gives a
+            // fresh cluster back (it was never referenced).
+            let p = *p;
+            self.pending.remove(&gc);
+            if p.ok {
+                self.set_l2(st, gc, p.entry)?;
+            } else if p.fresh {
+                self.adjust_refcount(st, (p.entry & OFFSET_MASK) / self.cs, -1)?;
             }
         }
         Ok(())
@@ -1028,6 +1087,20 @@ impl Meta {
             out.push((self.rt[ti] + lo as u64, self.rb[&ti][lo..hi].to_vec()));
         }
         Ok(out)
+    }
+}
+
+fn push_extent(v: &mut Vec<WriteExtent>, ext: WriteExtent) {
+    match v.last_mut() {
+        Some(p)
+            if p.pad_after == 0
+                && ext.pad_before == 0
+                && p.host + p.pad_before + p.len == ext.host =>
+        {
+            p.len += ext.len;
+            p.pad_after = ext.pad_after;
+        }
+        _ => v.push(ext),
     }
 }
 
