@@ -1025,7 +1025,11 @@ impl Meta {
         let mut s = Snapshot::default();
         let need_len = self.end_cluster * cs;
         if self.end_cluster > self.file_clusters {
-            s.grow_to = Some(need_len);
+            // Usually the file was grown ahead of allocation already (`reserve_file`).
+            if need_len > self.file_len {
+                s.grow_to = Some(need_len);
+                self.file_len = need_len;
+            }
             self.file_clusters = self.end_cluster;
         }
         for (ti, (lo, hi)) in std::mem::take(&mut self.rb_dirty) {
