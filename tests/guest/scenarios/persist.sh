@@ -52,6 +52,10 @@ MIB=1048576
 # fio_jobs BASE SEED MODE ZONES...: a job file for the set at BASE, jobs for
 # the given zone offsets (in this order), MODE write (zoned writes with
 # verify data and an immediate verify) or verify (verify_only reads).
+# fio checks every written block's crc32c and its header's magic, length and
+# offset (a block of zeros, of other data or from elsewhere fails); for
+# write-only jobs it does not check the header's seed, so SEED only makes
+# the two sets' data differ.
 fio_jobs() {
     base=$1 seed=$2 mode=$3; shift 3
     echo "[global]"
