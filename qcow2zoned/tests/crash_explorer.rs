@@ -2939,8 +2939,9 @@ fn refcount_table_growth_is_crash_safe() {
 /// changes, or carry on), the image as found after a restart must be free of corruption and
 /// hold every flushed byte.
 ///
-/// Library bug, not fixed yet: `Meta::grow_refcount_table` (meta.rs) resizes `rt`, installs
-/// the new blocks, clears `rb_dirty`, then switches `rt_offset` and the header fields in
+/// Regression test for a library bug, now fixed: `Meta::grow_refcount_table` (meta.rs) resized
+/// `rt`, installed
+/// the new blocks, cleared `rb_dirty`, then switched `rt_offset` and the header fields in
 /// memory before the header write and its sync succeed, and an error on the way returns
 /// without setting `Meta::failed`. Here the header write fails: the write that needed the
 /// cluster fails, but the next flush succeeds and writes new refcounts only into the new
@@ -2950,7 +2951,6 @@ fn refcount_table_growth_is_crash_safe() {
 /// `grow_refcount_table` (the image then refuses changes until reopened), or keep the old
 /// `rt`/`rt_offset`/header in memory until the header sync has succeeded.
 #[test]
-#[ignore = "library bug: Meta::grow_refcount_table leaves memory ahead of the disk after an I/O error"]
 fn failed_refcount_table_growth_never_corrupts_the_image() {
     let cfg = CONFIGS[6];
     assert_eq!(cfg.cluster, 512);
@@ -3055,8 +3055,9 @@ fn out_of_order_completions_never_expose_a_hole() {
 }
 
 ///
-/// Library bug, not fixed yet: `ZonedImage::write` / `append` / `write_zeroes` (image.rs)
-/// call `flush_covering(done)` as soon as their own data I/O has finished. The flush
+/// Regression test for a library bug, now fixed: `ZonedImage::write` / `append` /
+/// `write_zeroes` (image.rs) called `flush_covering(done)` as soon as their own data I/O had
+/// finished. The flush
 /// persists the zone's *committed* write pointer, which stops before the earlier write
 /// still in flight, so the FUA write returns success while a power loss would leave the
 /// zone's write pointer before it (its data unreadable: reads above the write pointer
@@ -3066,7 +3067,6 @@ fn out_of_order_completions_never_expose_a_hole() {
 /// by Finish/Reset/forced state, then flush covering the completion count at that moment
 /// (not the write's own number, since the write that closed the gap completed later).
 #[test]
-#[ignore = "library bug: a FUA write completes before an earlier write to its zone, so its write pointer is not durable"]
 fn fua_write_behind_a_write_in_flight_is_durable_when_it_completes() {
     // A FUA write completes only once it is durable, data and write pointer. When an
     // earlier write to the same zone is still in flight, the write pointer cannot cover
