@@ -565,16 +565,18 @@ fn verify(conn: &mut Conn, m: &mut Model, st: &mut Stats, it: u64) {
             }
         }
         if !reset_taken {
-            let mut verified = HashSet::new();
-            for b in 0..zone.durable.min(CAP) as usize {
-                if let Slot::Acked(wid, _) = zone.slots[b] {
-                    if found[b] == zone.slots[b] {
+            let (mut verified, mut broken) = (HashSet::new(), HashSet::new());
+            let durable = zone.durable.min(CAP) as usize;
+            for (slot, got) in zone.slots[..durable].iter().zip(&found[..durable]) {
+                if let Slot::Acked(wid, _) = *slot {
+                    if got == slot {
                         verified.insert(wid);
                     } else {
-                        verified.remove(&wid);
+                        broken.insert(wid);
                     }
                 }
             }
+            verified.retain(|w| !broken.contains(w));
             for wid in verified {
                 if m.durable_unverified.remove(&wid) {
                     st.durable_verified += 1;
