@@ -259,6 +259,12 @@ impl Host {
         }
     }
 
+    /// Host view of a queue: (SQ base, CQ base, entries, SQ tail, CQ head, CQ phase).
+    pub fn queue_state(&self, qid: u16) -> Option<(u64, u64, u32, u32, u32, bool)> {
+        let q = self.queues.get(usize::from(qid))?.as_ref()?;
+        Some((q.sq, q.cq, q.size, q.tail, q.head, q.phase))
+    }
+
     /// Raw doorbell write (for misprogramming tests).
     pub fn ring_sq(&mut self, qid: u16, v: u32) {
         self.ring(0x1000 + 8 * u64::from(qid), v);
