@@ -20,18 +20,24 @@ pub struct DataPtr {
     pub prp2: u64,
 }
 
-/// Append a range, merging it with the previous one when contiguous.
-fn push(ranges: &mut Vec<(u64, u64)>, addr: u64, len: u64) {
+/// Append a range, merging it with the previous one when contiguous. A range that runs past
+/// the end of the 64-bit address space cannot be guest memory: Data Transfer Error, as for
+/// any other address that is not mapped.
+fn push(ranges: &mut Vec<(u64, u64)>, addr: u64, len: u64) -> Result<(), Status> {
     if len == 0 {
-        return;
+        return Ok(());
+    }
+    if addr.checked_add(len).is_none() {
+        return Err(Status::DATA_TRANSFER);
     }
     if let Some(last) = ranges.last_mut() {
         if last.0.checked_add(last.1) == Some(addr) {
             last.1 += len;
-            return;
+            return Ok(());
         }
     }
     ranges.push((addr, len));
+    Ok(())
 }
 
 /// Walk a data pointer describing `len` bytes. `page` is the memory page size (CC.MPS).
@@ -66,7 +72,7 @@ pub fn map_prp(
         return Err(Status::PRP_INVALID_OFFSET);
     }
     let first = (page - (prp1 & (page - 1))).min(len);
-    push(&mut ranges, prp1, first);
+    push(&mut ranges, prp1, first)?;
     let mut left = len - first;
     if left == 0 {
         return Ok(ranges);
@@ -76,7 +82,7 @@ pub fn map_prp(
         if prp2 & (page - 1) != 0 {
             return Err(Status::PRP_INVALID_OFFSET);
         }
-        push(&mut ranges, prp2, left);
+        push(&mut ranges, prp2, left)?;
         return Ok(ranges);
     }
     // PRP2 points to a PRP list (qword aligned, may start inside its page).
@@ -102,7 +108,7 @@ pub fn map_prp(
                 return Err(Status::PRP_INVALID_OFFSET);
             }
             let n = left.min(page);
-            push(&mut ranges, addr, n);
+            push(&mut ranges, addr, n)?;
             left -= n;
         }
         if !chained {
@@ -137,7 +143,7 @@ pub fn map_sgl(
             return Err(Status::SGL_INVALID_TYPE);
         }
         let n = u64::from(d.len.get()).min(*left);
-        push(ranges, d.addr.get(), n);
+        push(ranges, d.addr.get(), n)?;
         *left -= n;
         Ok(())
     }
@@ -500,6 +506,31 @@ mod tests {
         assert_eq!(map_sgl(&mem, first, 0x200), Err(Status::SGL_INVALID_COUNT));
     }
 
+    /// Found by the `nvme_data_ptr` fuzz target: an SGL Data Block near the top of the address
+    /// space came back as a range wrapping past 2^64.
+    #[test]
+    fn sgl_data_block_wrapping_the_address_space_is_data_transfer_error() {
+        let mem = FakeMemory::new(1 << 20);
+        let d = SglDescriptor::new(u64::MAX - 9, 917_504, sgl_type::DATA_BLOCK);
+        assert_eq!(map_sgl(&mem, d, 4096), Err(Status::DATA_TRANSFER));
+        // Ending exactly at 2^64 wraps too.
+        let d = SglDescriptor::new(u64::MAX - 4095, 4096, sgl_type::DATA_BLOCK);
+        assert_eq!(map_sgl(&mem, d, 4096), Err(Status::DATA_TRANSFER));
+    }
+
+    #[test]
+    fn prp_wrapping_the_address_space_is_data_transfer_error() {
+        let mem = FakeMemory::new(1 << 20);
+        assert_eq!(
+            map_prp(&mem, u64::MAX - 3, 0, 4, PAGE),
+            Err(Status::DATA_TRANSFER)
+        );
+        assert_eq!(
+            map_prp(&mem, 0x1000, u64::MAX - 4095, 0x2000, PAGE),
+            Err(Status::DATA_TRANSFER)
+        );
+    }
+
     #[test]
     fn map_dispatches_on_psdt() {
         let mem = FakeMemory::new(1 << 20);
@@ -569,14 +600,14 @@ mod tests {
         fn expected(prp1: u64, pages: &[u64], len: u64) -> Vec<(u64, u64)> {
             let mut out = Vec::new();
             let first = (PAGE - prp1 % PAGE).min(len);
-            push(&mut out, prp1, first);
+            push(&mut out, prp1, first).unwrap();
             let mut left = len - first;
             for &p in pages {
                 if left == 0 {
                     break;
                 }
                 let n = left.min(PAGE);
-                push(&mut out, p, n);
+                push(&mut out, p, n).unwrap();
                 left -= n;
             }
             out
