@@ -34,6 +34,8 @@
 mod admin;
 mod cmd;
 mod ctrl;
+#[doc(hidden)]
+pub mod fuzzing;
 mod identify;
 mod io;
 mod log;
