@@ -31,7 +31,7 @@ moz=""
 perf_fio() { # JOB REP fio-args...
     job=$1 rep=$2; shift 2
     if fio --name="$job" --filename="$DEV" --direct=1 --zonemode=zbd --ioengine="$ENGINE" \
-        ${moz:+"$moz"} --group_reporting --minimal --percentile_list=50:99:99.9 \
+        ${moz:+"$moz"} --group_reporting --eta=never --minimal --percentile_list=50:99:99.9 \
         --output=/tmp/perf.out "$@"; then
         sed "s/^/PERF $job $rep /" /tmp/perf.out
     else
@@ -49,7 +49,7 @@ while [ "$rep" -le "$REPS" ]; do
     # Make sure the read region is fully written (a time-limited write may stop early).
     blkzone reset -o 0 -c "$NZ" "$DEV" || fail "reset"
     fio --name=fill --filename="$DEV" --direct=1 --zonemode=zbd --ioengine="$ENGINE" ${moz:+"$moz"} \
-        --rw=write --bs=512k --iodepth=4 --offset=0 --size=$((NZ * ZB)) --output=/dev/null ||
+        --rw=write --bs=512k --iodepth=4 --offset=0 --size=$((NZ * ZB)) --eta=never --output=/dev/null ||
         fail "fill"
     perf_fio randread-4k-qd1 "$rep" --rw=randread --bs=4k --iodepth=1 --offset=0 \
         --size=$((NZ * ZB)) --runtime="$RT" --time_based --norandommap --randrepeat=0
@@ -57,7 +57,7 @@ while [ "$rep" -le "$REPS" ]; do
         --size=$((NZ * ZB)) --runtime="$RT" --time_based --norandommap --randrepeat=0
     # 4 KiB writes at QD32 spread over 8 zones (fio picks a zone, writes at its
     # write pointer; the block layer turns them into writes at each zone's wp).
-    blkzone reset -o $((2 * NZ * ZB / LBA)) -c 8 "$DEV" || fail "reset"
+    blkzone reset -o $((2 * NZ * ZB / 512)) -c 8 "$DEV" || fail "reset"
     perf_fio zonewrite-4k-qd32 "$rep" --rw=randwrite --bs=4k --iodepth=32 \
         --offset=$((2 * NZ * ZB)) --size=$((8 * ZB)) --runtime="$RT" --time_based
     # Whole-namespace zone reports, one at a time.
