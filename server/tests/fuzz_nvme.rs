@@ -20,10 +20,13 @@ use qcow2zoned::{OpenOptions, ZoneState, ZonedImage};
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
-/// Guest memory the fuzzer points data pointers at (upper half of the host's RAM; rings and
-/// the host's own buffers live in the lower half and are never a target).
-const DATA: u64 = RAM_SIZE / 2;
-const DATA_LEN: u64 = RAM_SIZE / 2;
+/// Guest memory the fuzzer points data pointers at: the first 30 MiB of the host's RAM. The
+/// host's own queues and buffers live in the last MiB, out of reach: fuzzed lists are
+/// reinterpreted at odd offsets, so small numbers (lengths) become addresses, and one
+/// transfer is at most MDTS (512 KiB), less than the gap between the two.
+const DATA: u64 = 0;
+const DATA_LEN: u64 = 30 << 20;
+const HOST_AREA: u64 = RAM_SIZE - (1 << 20);
 const IO_QUEUES: u16 = 4;
 const ZONE_LBAS: u64 = 1024; // 4 MiB zones of 4 KiB blocks
 const NSZE: u64 = 16 * ZONE_LBAS;
@@ -54,23 +57,13 @@ fn addr(rng: &mut Rng) -> u64 {
     }
 }
 
-/// An SGL data address: like [`addr`], but a descriptor may describe megabytes, so one that
-/// would start below the data area (where the host's queues live) is moved out of the mapped
-/// memory instead.
-fn sgl_addr(rng: &mut Rng) -> u64 {
-    match addr(rng) {
-        a if a < DATA => RAM_SIZE + a,
-        a => a,
-    }
-}
-
 /// Fill a page of the data area with PRP entries or SGL descriptors (or noise).
 fn fill_list(h: &mut Host, rng: &mut Rng, at: u64, sgl: bool) {
     let page_base = at & !4095;
     let mut page = vec![0u8; 4096];
     if sgl {
         for d in page.chunks_mut(16) {
-            d[..8].copy_from_slice(&sgl_addr(rng).to_le_bytes());
+            d[..8].copy_from_slice(&addr(rng).to_le_bytes());
             let len = match rng.below(4) {
                 0 => rng.next_u64() as u32,
                 1 => 4096,
@@ -125,7 +118,7 @@ fn dptr(h: &mut Host, rng: &mut Rng, sqe: Sqe, admin: bool) -> Sqe {
         (p1, p2)
     } else {
         // First descriptor in the SQE.
-        let a = sgl_addr(rng);
+        let a = addr(rng);
         let len = match rng.below(3) {
             0 => rng.next_u64() as u32,
             1 => 16 * rng.range(1, 64) as u32,
@@ -456,6 +449,7 @@ fn nvme_command_fuzz() {
         };
         let mut h = Host::connect(&socket, path, IO_QUEUES + 1);
         h.timeout = Duration::from_secs(60);
+        h.alloc_from(HOST_AREA);
         h.init(IO_QUEUES);
         // Some noise in the data area.
         let mut page = vec![0u8; 4096];

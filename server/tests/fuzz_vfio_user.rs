@@ -555,6 +555,14 @@ fn wait_done(srv: &TestServer, n: u64, what: &str) {
 #[test]
 fn vfio_user_protocol_fuzz() {
     install_panic_hook();
+    // Thousands of expected "malformed message" errors: logging stays off unless RUST_LOG asks.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off")),
+        )
+        .with_test_writer()
+        .try_init();
     let rounds = soak_or(1000, 20000);
     let seed = seed_from_env("ZNSD_FUZZ_SEED", 0xf022);
     let img_dir = tempfile::tempdir().unwrap();
