@@ -7,7 +7,8 @@
 //! almost no CPU and a new doorbell is noticed within about a millisecond. After about 10 ms
 //! without work a poller stops polling: the doorbell watcher thread ("znsd-doorbells")
 //! scans the page every millisecond and wakes the poller owning a changed doorbell, so an
-//! idle controller costs one 1 kHz thread instead of one per poller. The watcher only scans
+//! idle controller costs one 1 kHz thread instead of one per poller (250 Hz after a second
+//! without any doorbell moving). The watcher only scans
 //! while some poller is deeply idle (pollers that are busy or backing off watch their own
 //! doorbells), and it sleeps with `thread::sleep` rather than a channel timeout, whose
 //! spin-and-yield backoff cost a busy 2-CPU host a quarter of znsd's CPU time. While the
@@ -40,6 +41,11 @@ const DISABLED_SLEEP: Duration = Duration::from_millis(50);
 const DEEP_IDLE_ROUNDS: u32 = SPIN_ROUNDS + 8 + 10;
 /// Sleep of a deeply idle poller; the watcher wakes it on any doorbell change.
 const DEEP_SLEEP: Duration = Duration::from_millis(50);
+/// Watcher period once no doorbell has moved for [`WATCH_SLOW_AFTER`]: each wake-up of the
+/// watcher costs about 15 µs of CPU on a busy 2-CPU VM, so 1 kHz alone was 1.5% of a core.
+const WATCH_SLOW_PERIOD: Duration = Duration::from_millis(4);
+/// Quiet time after which the watcher slows down to [`WATCH_SLOW_PERIOD`].
+const WATCH_SLOW_AFTER: Duration = Duration::from_secs(1);
 /// How long `quiesce` waits for all acks.
 const QUIESCE_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -229,11 +235,19 @@ const DOORBELL_DWORDS: usize = (bar::DOORBELL_SIZE / 4) as usize;
 fn watch_doorbells(dev: &Device, wakers: &Wakers, ctl: &Receiver<bool>) {
     let mut last = vec![0u32; DOORBELL_DWORDS];
     let mut scanning = false;
+    let mut moved = Instant::now();
     loop {
         let ready = dev.ctrl.ready();
         if ready {
             // A plain sleep: a channel timeout would spin and yield first, every period.
-            std::thread::sleep(MAX_SLEEP);
+            // After a second without any doorbell moving, the first command after a long
+            // idle period may wait up to WATCH_SLOW_PERIOD.
+            let period = if scanning && moved.elapsed() >= WATCH_SLOW_AFTER {
+                WATCH_SLOW_PERIOD
+            } else {
+                MAX_SLEEP
+            };
+            std::thread::sleep(period);
             match ctl.try_recv() {
                 Err(TryRecvError::Empty) | Ok(false) => {}
                 Ok(true) | Err(TryRecvError::Disconnected) => return,
@@ -257,6 +271,7 @@ fn watch_doorbells(dev: &Device, wakers: &Wakers, ctl: &Receiver<bool>) {
         }
         if !scanning {
             scanning = true;
+            moved = Instant::now();
             for (i, seen) in last.iter_mut().enumerate() {
                 *seen = dev.doorbells.load(bar::DOORBELL_BASE + 4 * i as u64);
             }
@@ -271,6 +286,7 @@ fn watch_doorbells(dev: &Device, wakers: &Wakers, ctl: &Receiver<bool>) {
             let v = dev.doorbells.load(bar::DOORBELL_BASE + 4 * i as u64);
             if v != *seen {
                 *seen = v;
+                moved = Instant::now();
                 if ready {
                     wakers.queue(u16::try_from(i / 2).unwrap_or(u16::MAX));
                 }
