@@ -16,24 +16,27 @@
 #     seq-write   zones 2-5, 128 KiB QD 8, two zones at a time; fio resets
 #                 each zone it finds Full, so the zones are rewritten
 #     rand-write  zones 6-9, 4-64 KiB QD 4, two zones at a time, resets
-#     verify      zones 10-11: write 24 MiB with crc32c, read it back and
-#                 check it, reset, again
 #     rand-read   two jobs, 4 KiB QD 16 anywhere in zones 0-11, below and
 #                 above the write pointers, racing the writes and resets
 #                 (--zonemode=none: in zoned mode fio serialises them
 #                 behind the writers' zone locks, a few reads per second)
+#   a verify loop: fio runs again and again, each run resetting zones
+#     10-11, writing 24 MiB with crc32c and reading it back to check it (a
+#     time-based fio job cannot do this: it does not reset the zones between
+#     its loops, and with verification on it will not write a Full zone, so
+#     it idles once both zones are full)
 #   an append loop (nvme-cli Zone Append, 64 KiB, zone 12), which reads
 #     every 8th append back at the LBA the controller returned, and every
 #     64 appends (or when the zone is nearly full) finishes the zone, checks
 #     it is Full, and resets it
 #   a zone management loop (zone 13): write, explicit open/close every other
 #     round, finish (must be Full), reset (must be Empty)
-# fio's open zones plus the two loops' stay within the open limit, so no
+# fio's open zones plus the three loops' stay within the open limit, so no
 # command may fail. With e2e's nvme.write_queues=2 the kernel splits reads
 # and writes onto separate queues: four I/O queues for two CPUs.
 #
 # Prints `@@soak secs=S ios=N errors=E` for e2e (I/Os: fio's issued reads
-# and writes, the appends, their read-backs and the loop's commands).
+# and writes, the appends, their read-backs and the loops' commands).
 SCENARIO=soak
 # shellcheck source=lib.sh
 . /guest/lib.sh
@@ -44,7 +47,7 @@ ENGINE=${ZNS_FIO_ENGINE:-libaio}
 APPZ=12
 MGMTZ=13
 [ "$NZONES" -ge 14 ] || die "needs at least 14 zones"
-# fio's five zones (two, two and one per job) and the loops' two.
+# fio's four zones (two per writing job) and the loops' three.
 [ "$MOR" -eq 0 ] || [ "$MOR" -ge 7 ] || die "needs max open zones >= 7 (have $MOR)"
 [ "$MAR" -eq 0 ] || [ "$MAR" -ge 7 ] || die "needs max active zones >= 7 (have $MAR)"
 
@@ -91,6 +94,24 @@ append_loop() {
         fi
     done
     echo "$n $rb $rs $e" >/tmp/soak.append
+}
+
+# --- the verify loop
+verify_loop() {
+    r=0 ios=0 e=0
+    while [ ! -e /tmp/soak.stop ]; do
+        if fio --eta=never --output=/tmp/vloop.out /tmp/soak-verify.fio && ! grep -q 'err= *[1-9]' /tmp/vloop.out; then
+            r=$((r + 1))
+            ios=$((ios + $(sed -n 's/.*issued rwts: total=\([0-9]*\),\([0-9]*\),.*/\1 \2/p' /tmp/vloop.out |
+                awk '{ s += $1 + $2 } END { print s + 0 }')))
+        else
+            say "verify loop: round $r failed"
+            grep -E 'verify|err=' /tmp/vloop.out | head -5
+            e=$((e + 1))
+            break
+        fi
+    done
+    echo "$r $ios $e" >/tmp/soak.verify
 }
 
 # --- the zone management loop
@@ -162,7 +183,7 @@ filename=$DEV
 direct=1
 ioengine=$ENGINE
 zonemode=zbd
-max_open_zones=5
+max_open_zones=4
 time_based=1
 runtime=$SECS
 randrepeat=0
@@ -185,19 +206,6 @@ size=$((4 * Z))
 job_max_open_zones=2
 cpus_allowed=1
 
-[verify]
-rw=write
-bs=64k
-iodepth=4
-offset=$((10 * Z))
-size=$((2 * Z))
-io_size=24m
-verify=crc32c
-do_verify=1
-verify_fatal=1
-job_max_open_zones=1
-cpus_allowed=0
-
 [rand-read]
 zonemode=none
 rw=randread
@@ -210,6 +218,23 @@ cpus_allowed=0-1
 cpus_allowed_policy=split
 EOF
 
+cat >/tmp/soak-verify.fio <<EOF
+[verify]
+filename=$DEV
+direct=1
+ioengine=$ENGINE
+zonemode=zbd
+rw=write
+bs=64k
+iodepth=4
+offset=$((10 * Z))
+size=$((2 * Z))
+io_size=24m
+verify=crc32c
+do_verify=1
+verify_fatal=1
+EOF
+
 say "load: ${SECS}s (warm after ${WARM}s)"
 (sleep "$WARM"; echo "===ZNS-SOAK-WARM===") &
 warm_pid=$!
@@ -217,10 +242,12 @@ append_loop &
 app_pid=$!
 mgmt_loop &
 mgmt_pid=$!
+verify_loop &
+verify_pid=$!
 fio_rc=0
 fio --eta=never --output=/tmp/fio.out /tmp/soak.fio || fio_rc=$?
 touch /tmp/soak.stop
-wait "$app_pid" "$mgmt_pid"
+wait "$app_pid" "$mgmt_pid" "$verify_pid"
 kill "$warm_pid" 2>/dev/null || true
 echo "===ZNS-SOAK-LOAD-DONE==="
 
@@ -236,8 +263,14 @@ fio_errs=$(grep -c 'err= *[1-9]' /tmp/fio.out || true)
 [ "$fio_errs" -eq 0 ] || { fail "fio: $fio_errs job(s) reported errors"; errors=$((errors + fio_errs)); }
 # "issued rwts: total=R,W,T,X" per job: reads and writes.
 fio_ios=$(sed -n 's/.*issued rwts: total=\([0-9]*\),\([0-9]*\),.*/\1 \2/p' /tmp/fio.out | awk '{ s += $1 + $2 } END { print s + 0 }')
-check "fio jobs that ran" 5 "$(grep -c 'issued rwts' /tmp/fio.out)"
-verified=$(grep -c 'verify' /tmp/fio.out || true)
+check "fio jobs that ran" 4 "$(grep -c 'issued rwts' /tmp/fio.out)"
+# shellcheck disable=SC2046 # the loops' counters
+set -- $(cat /tmp/soak.verify 2>/dev/null || echo 0 0 1)
+say "verify loop: $1 rounds of write, read back and check, $2 I/Os, $3 errors"
+[ "$3" -eq 0 ] || fail "verify loop: $3 errors"
+[ "$1" -gt 0 ] || fail "verify loop: no round completed"
+errors=$((errors + $3))
+verify_ios=$2
 # shellcheck disable=SC2046 # the loops' counters
 set -- $(cat /tmp/soak.append 2>/dev/null || echo 0 0 0 1)
 say "append loop: $1 appends, $2 read back and compared, $3 finish+reset rounds, $4 errors"
@@ -273,6 +306,6 @@ bad=$(report_zones | awk '$4 == "READONLY" || $4 == "OFFLINE"' | wc -l)
 check "zones Read Only or Offline after the load" 0 "$bad"
 reset_all
 check "Empty zones after the final reset" "$NZONES" "$(report_zones | awk '$4 == "EMPTY"' | wc -l)"
-say "fio: $fio_ios I/Os ($verified verify lines), $appends appends"
-echo "@@soak secs=$SECS ios=$((fio_ios + app_ios + mgmt_ios)) errors=$errors"
+say "fio: $fio_ios I/Os, verify loop $verify_ios, $appends appends"
+echo "@@soak secs=$SECS ios=$((fio_ios + verify_ios + app_ios + mgmt_ios)) errors=$errors"
 finish
