@@ -341,3 +341,28 @@ fn nvm_only_command_set_table() {
     assert_eq!(d.read(1, 0, 1).0.status, Status::INVALID_OPCODE);
     assert_eq!(d.run(1, Command::new(0x00)).status, Status::INVALID_OPCODE);
 }
+
+#[test]
+fn null_io_completes_without_touching_the_image() {
+    let mut r = rig(Geo::default(), 4096);
+    let d = &mut r.d;
+    d.ctrl.set_null_io(true);
+    let data = pattern(8192, 5);
+    // Accepted anywhere, nothing stored, the append reports its ZSLBA.
+    assert_eq!(d.write(1, 7, &data, false).status, Status::SUCCESS);
+    let c = d.append(1, 0, &data);
+    assert_eq!(c.status, Status::SUCCESS);
+    assert_eq!(c.result64(), 0);
+    let (c, got) = d.read(1, 0, 2);
+    assert_eq!(c.status, Status::SUCCESS);
+    assert!(got.iter().all(|&b| b == 0), "no data moved");
+    // The command checks still apply.
+    let (c, _) = d.read(1, u64::MAX - 1, 2);
+    assert_eq!(c.status, Status::LBA_RANGE);
+    // Back on the image: zone 0 is still empty, so a write at LBA 0 is at its write pointer.
+    d.ctrl.set_null_io(false);
+    assert_eq!(d.write(1, 0, &data, false).status, Status::SUCCESS);
+    let (c, got) = d.read(1, 0, 2);
+    assert_eq!(c.status, Status::SUCCESS);
+    assert_eq!(got, data);
+}
