@@ -587,8 +587,11 @@ fn vfio_user_protocol_fuzz() {
         let ram = znsd::dma::SharedMapping::new(ram_fd.as_fd(), 0, FUZZ_RAM, true).unwrap();
         let mut r = Round { ram_fd, ram, id: 0 };
         let s = UnixStream::connect(&srv.socket).unwrap();
+        // Hang detectors: a server that stops reading or never closes fails the round.
+        s.set_write_timeout(Some(Duration::from_secs(60))).unwrap();
         let reader = {
             let s2 = s.try_clone().unwrap();
+            s2.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
             std::thread::spawn(move || drain(s2))
         };
         // Mostly start like a client would, so later messages are understood.
