@@ -1,6 +1,7 @@
 //! Process-kill testing of the real `znsd` binary: a seeded workload of writes, appends,
 //! flushes, FUA writes and zone management on two I/O queues, a SIGKILL at a random moment
-//! (often with commands in flight), `check_image` on the image the dead process left, a
+//! (often with commands in flight, sometimes while the image is being opened or in the middle
+//! of a SIGTERM shutdown), `check_image` on the image the dead process left, a
 //! restart on the same image, and a check of every zone against a model of what was
 //! acknowledged (docs/durability.md):
 //!
@@ -171,6 +172,9 @@ struct Stats {
     in_flight_at_kill: u64,
     completed_after_kill: u64,
     durable_verified: u64,
+    term_then_kill: u64,
+    shutdown_completed: u64,
+    startup_kills: u64,
     blocks_checked: u64,
     violations: Vec<String>,
 }
@@ -764,9 +768,19 @@ fn batch_and_kill(conn: &mut Conn, d: Daemon, m: &mut Model, rng: &mut Rng, st: 
         _ => std::thread::sleep(Duration::from_micros(rng.below(3000))),
     }
     st.in_flight_at_kill += conn.pending.len() as u64;
-    if let Some(status) = d.kill9() {
-        st.violations
-            .push(format!("znsd was already gone before the kill: {status}"));
+    // Now and then the kill lands in the middle of a clean shutdown (SIGTERM: quiesce, flush).
+    let term = rng.chance(10);
+    if term {
+        d.signal(nix::sys::signal::Signal::SIGTERM);
+        std::thread::sleep(Duration::from_micros(rng.below(5000)));
+        st.term_then_kill += 1;
+    }
+    match d.kill9() {
+        Some(status) if term && status.success() => st.shutdown_completed += 1,
+        Some(status) => st
+            .violations
+            .push(format!("znsd was already gone before the kill: {status}")),
+        None => {}
     }
     st.kills += 1;
     // Completions the dead controller posted count as acknowledged: a guest may have seen
@@ -833,6 +847,18 @@ fn kill_test() {
             args.extend(["--cache", cache]);
             first = false;
         }
+        if it > 0 && rng.chance(5) {
+            // Killed while opening the image (or just after).
+            let d = Daemon::serve_nowait(&image, &socket, &args);
+            std::thread::sleep(Duration::from_micros(rng.below(20_000)));
+            if let Some(status) = d.kill9() {
+                st.violations
+                    .push(format!("znsd exited by itself at startup: {status}"));
+            }
+            st.kills += 1;
+            st.startup_kills += 1;
+            check_file(&image, &mut st, it);
+        }
         let d = Daemon::serve(&image, &socket, &args);
         let mut conn = Conn::open(&socket);
         if it > 0 {
@@ -860,6 +886,7 @@ fn kill_test() {
     println!(
         "kill-test: {} iterations, {} kills, {} acknowledged-durable writes verified, {} violations \
          (seed {seed:#x}, {} commands completed, {} in flight at a kill, {} completed by the dying server, \
+         {} kills during startup, {} during a SIGTERM shutdown ({} shutdowns finished first), \
          {} blocks checked, {} leaked clusters at the end, {:.1} s)",
         st.iterations,
         st.kills,
@@ -868,6 +895,9 @@ fn kill_test() {
         st.commands,
         st.in_flight_at_kill,
         st.completed_after_kill,
+        st.startup_kills,
+        st.term_then_kill,
+        st.shutdown_completed,
         st.blocks_checked,
         rep.leaks,
         t0.elapsed().as_secs_f64()

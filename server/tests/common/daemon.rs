@@ -19,6 +19,13 @@ impl Daemon {
     /// Start `znsd serve --image <image> --socket <socket> <extra…>` and wait until it
     /// serves (its "serving" line on stdout). stderr is inherited so a panic message shows.
     pub fn serve(image: &Path, socket: &Path, extra: &[&str]) -> Daemon {
+        let d = Daemon::serve_nowait(image, socket, extra);
+        d.wait_line("znsd: serving");
+        d
+    }
+
+    /// Like [`Daemon::serve`] without waiting: the process may still be opening the image.
+    pub fn serve_nowait(image: &Path, socket: &Path, extra: &[&str]) -> Daemon {
         let mut args = vec![
             "serve",
             "--image",
@@ -27,9 +34,12 @@ impl Daemon {
             socket.to_str().unwrap(),
         ];
         args.extend_from_slice(extra);
-        let d = Daemon::spawn(image.parent().unwrap(), &args);
-        d.wait_line("znsd: serving");
-        d
+        Daemon::spawn(image.parent().unwrap(), &args)
+    }
+
+    /// Send `sig` without waiting.
+    pub fn signal(&self, sig: Signal) {
+        let _ = kill(self.pid(), sig);
     }
 
     pub fn spawn(cwd: &Path, args: &[&str]) -> Daemon {
