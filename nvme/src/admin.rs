@@ -365,7 +365,11 @@ impl Ctrl {
                 f.num_queues_set = true;
                 return Ok(self.num_queues_dw0());
             }
-            fid::IRQ_COALESCING => f.irq_coalescing = dw11 & 0xFFFF,
+            fid::IRQ_COALESCING => {
+                f.irq_coalescing = dw11 & 0xFFFF;
+                self.irq_coalescing
+                    .store(f.irq_coalescing, Ordering::Release);
+            }
             fid::ASYNC_EVENT_CFG => f.async_event_cfg = dw11 & AEC_SUPPORTED,
             fid::IOCS_PROFILE => {
                 if dw11 & 0x1FF != 0 {

@@ -35,6 +35,7 @@ use qcow2zoned::ZonedImage;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
 
 /// Maximum Queue Entries Supported (0's based): 1024 entries.
 pub const MQES: u16 = 1023;
@@ -202,6 +203,8 @@ pub(crate) struct Ctrl {
     pub wce: AtomicBool,
     /// Some asynchronous event is queued (lets idle pollers skip the events lock).
     pub events_pending: AtomicBool,
+    /// Interrupt Coalescing (Feature 08h) value: THR in bits 7:0, TIME (100 µs) in 15:8.
+    pub irq_coalescing: AtomicU32,
     /// Null data path (benchmarking): Read, Write, Write Zeroes and Zone Append complete
     /// after their checks without touching the image or moving data.
     pub null_io: AtomicBool,
@@ -243,6 +246,7 @@ impl Ctrl {
             page_size: AtomicU64::new(4096),
             wce: AtomicBool::new(wce),
             events_pending: AtomicBool::new(false),
+            irq_coalescing: AtomicU32::new(0),
             null_io: AtomicBool::new(false),
         })
     }
@@ -366,6 +370,7 @@ impl Ctrl {
                 admin.cq = Some(Arc::new(Mutex::new(acq_q)));
                 admin.aers.clear();
                 admin.features = Features::default();
+                self.irq_coalescing.store(0, Ordering::Release);
                 io.clear();
                 lock(&self.events).queue.clear();
                 self.events_pending.store(false, Ordering::Release);
@@ -398,6 +403,7 @@ impl Ctrl {
         admin.cq = None;
         admin.aers.clear();
         admin.features = Features::default();
+        self.irq_coalescing.store(0, Ordering::Release);
         {
             let mut ev = lock(&self.events);
             ev.queue.clear();
@@ -515,9 +521,46 @@ impl Ctrl {
             }
         }
         if posted {
-            self.interrupt(env, &lock(cq));
+            self.signal(env, &mut lock(cq), done);
         }
         done
+    }
+
+    /// Interrupt for `n` new entries of an I/O CQ, honouring Interrupt Coalescing: with an
+    /// aggregation time set, the vector is raised once more than THR entries are waiting or
+    /// the oldest has waited TIME; otherwise at once. The admin CQ is never coalesced.
+    fn signal(&self, env: &HostEnv<'_>, c: &mut CompQueue, n: usize) {
+        let co = self.irq_coalescing.load(Ordering::Acquire);
+        let (thr, time) = (co & 0xFF, (co >> 8) & 0xFF);
+        if c.qid != 0 && time != 0 && c.ien {
+            c.unsignalled = c
+                .unsignalled
+                .saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
+            let since = *c.unsignalled_since.get_or_insert_with(Instant::now);
+            if c.unsignalled <= thr && since.elapsed() < coalescing_time(time) {
+                return;
+            }
+        }
+        c.unsignalled = 0;
+        c.unsignalled_since = None;
+        self.interrupt(env, c);
+    }
+
+    /// Raise a coalesced interrupt whose aggregation time has passed. Returns true while
+    /// one is still waiting (the poller must keep polling rather than sleep).
+    fn coalesced_due(&self, env: &HostEnv<'_>, cq: &Mutex<CompQueue>) -> bool {
+        let mut c = lock(cq);
+        let Some(since) = c.unsignalled_since else {
+            return false;
+        };
+        let time = (self.irq_coalescing.load(Ordering::Acquire) >> 8) & 0xFF;
+        if since.elapsed() >= coalescing_time(time) {
+            c.unsignalled = 0;
+            c.unsignalled_since = None;
+            self.interrupt(env, &c);
+            return false;
+        }
+        true
     }
 
     /// Post a completion outside the fetch path (an AER finished by an event).
@@ -635,6 +678,8 @@ impl Ctrl {
         let _span = tracing::trace_span!("ctrl", id = self.id).entered();
         let io = self.io_read();
         let css = self.css.load(Ordering::Acquire);
+        let coalescing = self.irq_coalescing.load(Ordering::Acquire) & 0xFF00 != 0;
+        let mut waiting = false;
         let mut done = 0;
         for (qid, slot) in io.sqs.iter().enumerate().skip(1) {
             if qid % pollers != poller {
@@ -650,6 +695,9 @@ impl Ctrl {
             done += self.drain(env, &mut sq, &cq, IO_BUDGET, &mut |sqe| {
                 self.exec_io(env, sqe, IoCmd::decode(sqe, css))
             });
+            if coalescing && self.coalesced_due(env, &cq) {
+                waiting = true;
+            }
         }
         drop(io);
         // Events raised here (invalid doorbell values) go to a waiting AER now, unless the
@@ -661,8 +709,15 @@ impl Ctrl {
                 }
             }
         }
-        done
+        // A coalesced interrupt still waiting for its time counts as work, so that the
+        // poller keeps polling until it is raised.
+        done + usize::from(waiting)
     }
+}
+
+/// Aggregation time of Interrupt Coalescing (100 µs units).
+fn coalescing_time(time: u32) -> Duration {
+    Duration::from_micros(100 * u64::from(time))
 }
 
 fn cq_qid(cq: &Mutex<CompQueue>) -> u16 {

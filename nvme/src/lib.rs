@@ -14,8 +14,11 @@
 //!   ([`Controller::vectors_offered`]); the admin CQ uses vector 0.
 //! - Commands execute synchronously on the poller that fetched them; an Abort therefore
 //!   never finds its target and completes with DW0 bit 0 set ("not aborted").
-//! - Interrupts are raised once per processed batch per CQ (a natural coalescing); the
-//!   Interrupt Coalescing feature value is stored and reported but not otherwise applied.
+//! - Interrupts are raised once per processed batch per CQ (a natural coalescing); on I/O
+//!   CQs the Interrupt Coalescing feature (08h) is honoured: with an aggregation time set, a
+//!   vector is raised once more than THR entries wait or the oldest has waited TIME (the
+//!   poller keeps polling meanwhile). Feature 09h (per-vector Coalescing Disable) is not
+//!   supported, so coalescing applies to every I/O vector.
 //! - Asynchronous Event Requests are held (up to AERL + 1 = 4) until an event: "Invalid
 //!   Doorbell Write Value" (error type, log page 01h) and the SMART temperature warning when
 //!   a host-set threshold is crossed (if enabled in Feature 0Bh). An event type stays masked

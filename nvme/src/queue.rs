@@ -117,6 +117,10 @@ pub struct CompQueue {
     pub sq_count: u32,
     /// Last invalid head doorbell reported.
     bad_head: Option<u32>,
+    /// Entries posted since the last interrupt (Interrupt Coalescing).
+    pub unsignalled: u32,
+    /// When the oldest of them was posted.
+    pub unsignalled_since: Option<std::time::Instant>,
     /// Head doorbell value found at creation (left by an earlier queue with this id): taken
     /// for "nothing consumed" until the host writes another value, so a stale head can never
     /// release entries the host has not read.
@@ -138,6 +142,8 @@ impl CompQueue {
             reserved: 0,
             sq_count: 0,
             bad_head: None,
+            unsignalled: 0,
+            unsignalled_since: None,
             stale_head: None,
         }
     }
