@@ -534,7 +534,11 @@ fn nvme_command_fuzz() {
         *m.entry(format!("{:?}", z.state)).or_default() += 1;
         m
     });
-    println!(
+    // Straight to stderr: the test harness does not capture it, so the counts show in
+    // every run, passing or not.
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
         "nvme-fuzz: {} rounds, {} commands submitted, {} completed ({} successful, {} distinct statuses), \
          {} fatal-status rounds, {} misprogramming actions, {} AERs held, server alive, \
          image check: {} corruptions, {} leaks; zones after reopen {:?}; {} violations (seed {seed:#x}, {:.1} s)",

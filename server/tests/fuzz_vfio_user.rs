@@ -645,7 +645,11 @@ fn vfio_user_protocol_fuzz() {
     let st = qcow2zoned::FileStorage::open(&path, true, false).unwrap();
     let rep = qcow2zoned::check_image(&st).unwrap();
     let panics = OUR_PANICS.lock().unwrap().len();
-    println!(
+    // Straight to stderr: the test harness does not capture it, so the counts show in
+    // every run, passing or not.
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
         "vfio-user-fuzz: {} rounds, {} messages, {} replies ({} errors), {} clients dropped by the server mid-round, \
          {} contained vfio_user crate panics, {} well-formed clients served after a fuzz round, {} violations \
          (seed {seed:#x}, image check: {} corruptions, {} leaks, {:.1} s)",

@@ -883,7 +883,11 @@ fn kill_test() {
     let s = qcow2zoned::FileStorage::open(&image, true, false).unwrap();
     let rep = qcow2zoned::check_image(&s).unwrap();
     assert_eq!(rep.corruptions, 0, "{rep:?}");
-    println!(
+    // Straight to stderr: the test harness does not capture it, so the counts show in
+    // every run, passing or not.
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
         "kill-test: {} iterations, {} kills, {} acknowledged-durable writes verified, {} violations \
          (seed {seed:#x}, {} commands completed, {} in flight at a kill, {} completed by the dying server, \
          {} kills during startup, {} during a SIGTERM shutdown ({} shutdowns finished first), \
