@@ -26,6 +26,7 @@ use nvme::test_utils::{parse_report, Command as Sqe};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+use znsd::cli::parse_size;
 use znsd::dma::{memfd_mapping, SharedMapping};
 
 const PAGE: u64 = 4096;
@@ -101,18 +102,6 @@ struct Args {
     /// Label printed in the RESULT line.
     #[arg(long, default_value = "")]
     label: String,
-}
-
-fn parse_size(s: &str) -> Result<u64, String> {
-    let (n, mul) = match s.chars().last() {
-        Some('k' | 'K') => (&s[..s.len() - 1], 1u64 << 10),
-        Some('m' | 'M') => (&s[..s.len() - 1], 1 << 20),
-        Some('g' | 'G') => (&s[..s.len() - 1], 1 << 30),
-        _ => (s, 1),
-    };
-    n.parse::<u64>()
-        .map(|v| v * mul)
-        .map_err(|e| format!("bad size {s}: {e}"))
 }
 
 /// A completion entry.

@@ -9,6 +9,7 @@ mod dataio;
 pub mod header;
 pub mod image;
 mod meta;
+pub mod options;
 pub mod qcow2;
 pub mod storage;
 pub mod zone;

@@ -4,9 +4,10 @@
 //! qemu-io style commands (`-c 'write -P 0xab 0 4k'`).
 
 use clap::{Parser, Subcommand, ValueEnum};
+use qcow2zoned::options::{parse_create_options, parse_size};
 use qcow2zoned::{
-    check_image, CreateOptions, FileStorage, OpenOptions, ZoneAction, ZoneInfo, ZoneOptions,
-    ZoneState, ZoneType, ZonedImage,
+    check_image, CreateOptions, FileStorage, OpenOptions, ZoneAction, ZoneInfo, ZoneState,
+    ZoneType, ZonedImage,
 };
 use std::io::{IoSlice, IoSliceMut};
 use std::path::{Path, PathBuf};
@@ -78,82 +79,9 @@ enum Cmd {
     },
 }
 
-/// Parse "4096", "0x1000", "4k", "64K", "1M", "2G", "1T" (binary units).
-fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    if let Some(h) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
-        return u64::from_str_radix(h, 16).map_err(|_| format!("invalid number '{s}'"));
-    }
-    let (num, mult) = match t.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let m: u64 = match c.to_ascii_uppercase() {
-                'B' => 1,
-                'K' => 1 << 10,
-                'M' => 1 << 20,
-                'G' => 1 << 30,
-                'T' => 1 << 40,
-                _ => return Err(format!("invalid size suffix in '{s}'")),
-            };
-            (&t[..i], m)
-        }
-        _ => (t, 1),
-    };
-    let n: u64 = num.parse().map_err(|_| format!("invalid number '{s}'"))?;
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("size '{s}' too large"))
-}
-
-fn parse_u32(key: &str, v: &str) -> Result<u32, String> {
-    let n = parse_size(v)?;
-    u32::try_from(n).map_err(|_| format!("{key} {n} does not fit in 32 bits"))
-}
-
+/// The `-o` options of `create` (repeatable, each a comma-separated list).
 fn create_options(opts: &[String], size: u64) -> Result<CreateOptions, String> {
-    let mut cluster_size = 64 << 10;
-    let mut z = ZoneOptions::default();
-    let mut capacity = None;
-    let mut max_append = None;
-    for o in opts
-        .iter()
-        .flat_map(|s| s.split(','))
-        .filter(|s| !s.is_empty())
-    {
-        let (k, v) = o
-            .split_once('=')
-            .ok_or_else(|| format!("option '{o}' is not key=value"))?;
-        match k {
-            "zone.mode" => {
-                if v != "host-managed" {
-                    return Err(format!(
-                        "zone.mode '{v}' is not supported (only host-managed)"
-                    ));
-                }
-            }
-            "cluster_size" => cluster_size = parse_size(v)?,
-            "zone.size" => z.size = parse_size(v)?,
-            "zone.capacity" => capacity = Some(parse_size(v)?),
-            "zone.conventional_zones" => z.conventional_zones = parse_u32(k, v)?,
-            "zone.max_open_zones" => z.max_open_zones = parse_u32(k, v)?,
-            "zone.max_active_zones" => z.max_active_zones = parse_u32(k, v)?,
-            "zone.max_append_bytes" => max_append = Some(parse_u32(k, v)?),
-            "zone.zd_extension_size" => z.zd_extension_size = parse_u32(k, v)?,
-            _ => return Err(format!("unknown option '{k}'")),
-        }
-    }
-    z.capacity = capacity.unwrap_or(z.size);
-    z.max_append_bytes = match max_append {
-        Some(m) => m,
-        // The default never exceeds the capacity.
-        None => u32::try_from(z.capacity.min(64 << 10)).unwrap_or(64 << 10),
-    };
-    if z.max_open_zones == 0 {
-        z.max_open_zones = z.max_active_zones;
-    }
-    Ok(CreateOptions {
-        size,
-        cluster_size,
-        zone: z,
-    })
+    parse_create_options(&opts.join(","), size)
 }
 
 fn type_name(t: ZoneType) -> &'static str {
@@ -549,31 +477,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sizes_parse_like_qemu_img() {
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size("4k"), Ok(4096));
-        assert_eq!(parse_size("64K"), Ok(65536));
-        assert_eq!(parse_size("256M"), Ok(256 << 20));
-        assert_eq!(parse_size("2G"), Ok(2 << 30));
-        assert_eq!(parse_size("0x200"), Ok(512));
-        assert!(parse_size("12Q").is_err());
-        assert!(parse_size("abc").is_err());
-    }
-
-    #[test]
-    fn create_defaults_follow_the_series() {
-        let o = create_options(&[], 1 << 30).unwrap();
-        assert_eq!(o.cluster_size, 65536);
-        assert_eq!(o.zone.size, 256 << 20);
-        assert_eq!(o.zone.capacity, 256 << 20);
-        assert_eq!(o.zone.max_append_bytes, 65536);
-        assert_eq!((o.zone.max_open_zones, o.zone.max_active_zones), (0, 0));
-        let o = create_options(&["zone.max_active_zones=6,zone.size=1M".into()], 1 << 30).unwrap();
+    fn repeated_o_options_combine() {
+        let o = create_options(
+            &["zone.size=1M".into(), "zone.max_active_zones=6".into()],
+            1 << 30,
+        )
+        .unwrap();
+        assert_eq!(o.zone.size, 1 << 20);
         assert_eq!((o.zone.max_open_zones, o.zone.max_active_zones), (6, 6));
-        assert_eq!(o.zone.capacity, 1 << 20);
-        assert!(create_options(&["zone.mode=host-aware".into()], 1 << 30)
-            .unwrap_err()
-            .contains("zone.mode"));
         assert!(create_options(&["bogus=1".into()], 1 << 30)
             .unwrap_err()
             .contains("bogus"));

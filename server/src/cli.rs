@@ -154,9 +154,6 @@ fn parse_lba_size(s: &str) -> Result<u32, String> {
     }
 }
 
-/// Zone append limit when not given (qcow2zoned's default).
-const DEFAULT_MAX_APPEND: u32 = 64 << 10;
-
 /// Virtual size of an image created without `--create`.
 pub const DEFAULT_SIZE: u64 = 4 * GIB;
 
@@ -172,99 +169,13 @@ pub fn default_create_options() -> CreateOptions {
             conventional_zones: 0,
             max_open_zones: 16,
             max_active_zones: 16,
-            max_append_bytes: DEFAULT_MAX_APPEND,
+            max_append_bytes: qcow2zoned::options::DEFAULT_MAX_APPEND_BYTES,
             zd_extension_size: 64,
         },
     }
 }
 
-/// Parse a size: decimal or `0x` hex, with an optional binary K/M/G/T suffix (or `B`,
-/// `KiB`…), like `qcow2zoned create`.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    if let Some(h) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
-        return u64::from_str_radix(h, 16).map_err(|_| format!("Invalid size {s:?}"));
-    }
-    let t = match t.strip_suffix("iB") {
-        Some(r) if r.ends_with(|c: char| c.is_ascii_alphabetic()) => r,
-        _ => t,
-    };
-    let (num, mult) = match t.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let m = match c.to_ascii_uppercase() {
-                'B' => 1,
-                'K' => KIB,
-                'M' => MIB,
-                'G' => GIB,
-                'T' => 1024 * GIB,
-                _ => return Err(format!("Unknown size suffix in {s:?}")),
-            };
-            (&t[..i], m)
-        }
-        _ => (t, 1),
-    };
-    let n: u64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("Invalid size {s:?}"))?;
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("Size {s:?} is too large"))
-}
-
-fn parse_u32(key: &str, v: &str) -> Result<u32, String> {
-    let n = parse_size(v)?;
-    u32::try_from(n).map_err(|_| format!("{key}={v} is too large"))
-}
-
-/// Parse a `-o key=value,...` string with the same keys and defaults as
-/// `qcow2zoned create -o` (qemu-img names): `cluster_size`, `zone.mode=host-managed`,
-/// `zone.size`, `zone.capacity` (default: size), `zone.conventional_zones`,
-/// `zone.max_open_zones` (default: max_active), `zone.max_active_zones`,
-/// `zone.max_append_bytes` (default: min(capacity, 64 KiB)), `zone.zd_extension_size`.
-/// (`qcow2zoned` keeps its parser private to its binary, hence this copy.)
-pub fn parse_create_options(s: &str, size: u64) -> Result<CreateOptions, String> {
-    let mut cluster_size = 64 * KIB;
-    let mut z = ZoneOptions::default();
-    let mut capacity = None;
-    let mut max_append = None;
-    for kv in s.split(',').map(str::trim).filter(|kv| !kv.is_empty()) {
-        let (k, v) = kv
-            .split_once('=')
-            .ok_or_else(|| format!("Option {kv:?} is not key=value"))?;
-        let (k, v) = (k.trim(), v.trim());
-        match k {
-            "zone.mode" => {
-                if v != "host-managed" {
-                    return Err(format!(
-                        "zone.mode={v} is not supported (only host-managed)"
-                    ));
-                }
-            }
-            "cluster_size" => cluster_size = parse_size(v)?,
-            "zone.size" => z.size = parse_size(v)?,
-            "zone.capacity" => capacity = Some(parse_size(v)?),
-            "zone.conventional_zones" => z.conventional_zones = parse_u32(k, v)?,
-            "zone.max_open_zones" => z.max_open_zones = parse_u32(k, v)?,
-            "zone.max_active_zones" => z.max_active_zones = parse_u32(k, v)?,
-            "zone.max_append_bytes" => max_append = Some(parse_u32(k, v)?),
-            "zone.zd_extension_size" => z.zd_extension_size = parse_u32(k, v)?,
-            _ => return Err(format!("Unknown option {k:?}")),
-        }
-    }
-    z.capacity = capacity.unwrap_or(z.size);
-    z.max_append_bytes = match max_append {
-        Some(m) => m,
-        None => u32::try_from(z.capacity.min(64 * KIB)).unwrap_or(DEFAULT_MAX_APPEND),
-    };
-    if z.max_open_zones == 0 {
-        z.max_open_zones = z.max_active_zones;
-    }
-    Ok(CreateOptions {
-        size,
-        cluster_size,
-        zone: z,
-    })
-}
+pub use qcow2zoned::options::{parse_create_options, parse_size};
 
 /// The QEMU arguments that attach a client to `socket`.
 pub fn qemu_command_line(socket: &Path) -> String {
@@ -287,21 +198,6 @@ pub fn qemu_command_line(socket: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size("0x1000"), Ok(4096));
-        assert_eq!(parse_size("64K"), Ok(65536));
-        assert_eq!(parse_size("64M"), Ok(64 * MIB));
-        assert_eq!(parse_size("4G"), Ok(4 * GIB));
-        assert_eq!(parse_size("4GiB"), Ok(4 * GIB));
-        assert_eq!(parse_size("512B"), Ok(512));
-        assert_eq!(parse_size("1t"), Ok(1024 * GIB));
-        assert!(parse_size("4X").is_err());
-        assert!(parse_size("").is_err());
-        assert!(parse_size("99999999999T").is_err());
-    }
 
     #[test]
     fn options_string_like_qcow2zoned_create() {
