@@ -3,83 +3,9 @@
 
 mod common;
 
+use common::daemon::Daemon;
 use common::nvme_host::{DoorbellPath, Host, Sqe};
 use common::*;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
-
-struct Daemon {
-    child: Child,
-    stdout: mpsc::Receiver<String>,
-}
-
-impl Daemon {
-    fn spawn(cwd: &Path, args: &[&str]) -> Daemon {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_znsd"))
-            .args(args)
-            .current_dir(cwd)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let out = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        Daemon { child, stdout: rx }
-    }
-
-    /// Collect stdout until a line contains `needle`.
-    fn wait_line(&self, needle: &str) -> String {
-        let mut all = String::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = self
-                .stdout
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("no {needle:?} in output: {all}"));
-            all.push_str(&line);
-            all.push('\n');
-            if line.contains(needle) {
-                return all;
-            }
-        }
-    }
-
-    fn terminate(mut self) -> i32 {
-        kill(
-            Pid::from_raw(i32::try_from(self.child.id()).unwrap()),
-            Signal::SIGTERM,
-        )
-        .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st.code().unwrap_or(-1);
-            }
-            assert!(Instant::now() < deadline, "znsd ignored SIGTERM");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
 
 #[test]
 fn no_arguments_creates_default_image_and_prints_qemu_line() {
