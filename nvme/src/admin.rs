@@ -160,6 +160,41 @@ impl Ctrl {
         Ok(())
     }
 
+    /// The checks Create I/O CQ and Create I/O SQ share, in the spec's order: queue
+    /// identifier, size, base address, physical contiguity. The error carries the reason
+    /// for the trace.
+    fn check_new_queue(
+        &self,
+        qid: u16,
+        in_use: bool,
+        size: u32,
+        base: u64,
+        pc: bool,
+    ) -> Result<(), (Status, &'static str)> {
+        if qid == 0 || qid > self.cfg.max_io_queues || in_use {
+            return Err((
+                Status::INVALID_QID,
+                "queue identifier zero, too large or in use",
+            ));
+        }
+        if size < 2 || size > u32::from(MQES) + 1 {
+            return Err((Status::INVALID_QSIZE, "queue size zero or beyond MQES"));
+        }
+        if base == 0 {
+            return Err((Status::INVALID_FIELD, "base address zero"));
+        }
+        if base & (self.page() - 1) != 0 {
+            return Err((Status::PRP_INVALID_OFFSET, "base address not page aligned"));
+        }
+        if !pc {
+            return Err((
+                Status::INVALID_FIELD,
+                "queue not physically contiguous (CAP.CQR)",
+            ));
+        }
+        Ok(())
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn create_cq(
         &self,
@@ -176,26 +211,9 @@ impl Ctrl {
             tracing::debug!(qid, size, iv, base, reason, "create CQ rejected");
             Err(st)
         };
-        if qid == 0 || qid > self.cfg.max_io_queues || io.cqs[usize::from(qid)].is_some() {
-            return reject(
-                Status::INVALID_QID,
-                "queue identifier zero, too large or in use",
-            );
-        }
-        if size < 2 || size > u32::from(MQES) + 1 {
-            return reject(Status::INVALID_QSIZE, "queue size zero or beyond MQES");
-        }
-        if base == 0 {
-            return reject(Status::INVALID_FIELD, "base address zero");
-        }
-        if base & (self.page() - 1) != 0 {
-            return reject(Status::PRP_INVALID_OFFSET, "base address not page aligned");
-        }
-        if !pc {
-            return reject(
-                Status::INVALID_FIELD,
-                "queue not physically contiguous (CAP.CQR)",
-            );
+        let in_use = io.cqs.get(usize::from(qid)).is_some_and(Option::is_some);
+        if let Err((st, reason)) = self.check_new_queue(qid, in_use, size, base, pc) {
+            return reject(st, reason);
         }
         if iv >= self.vectors_offered() {
             return reject(
@@ -230,26 +248,9 @@ impl Ctrl {
             Some(Some(cq)) if cqid != 0 => Arc::clone(cq),
             _ => return reject(Status::INVALID_CQ, "completion queue does not exist"),
         };
-        if qid == 0 || qid > self.cfg.max_io_queues || io.sqs[usize::from(qid)].is_some() {
-            return reject(
-                Status::INVALID_QID,
-                "queue identifier zero, too large or in use",
-            );
-        }
-        if size < 2 || size > u32::from(MQES) + 1 {
-            return reject(Status::INVALID_QSIZE, "queue size zero or beyond MQES");
-        }
-        if base == 0 {
-            return reject(Status::INVALID_FIELD, "base address zero");
-        }
-        if base & (self.page() - 1) != 0 {
-            return reject(Status::PRP_INVALID_OFFSET, "base address not page aligned");
-        }
-        if !pc {
-            return reject(
-                Status::INVALID_FIELD,
-                "queue not physically contiguous (CAP.CQR)",
-            );
+        let in_use = io.sqs.get(usize::from(qid)).is_some_and(Option::is_some);
+        if let Err((st, reason)) = self.check_new_queue(qid, in_use, size, base, pc) {
+            return reject(st, reason);
         }
         self.check_entry_sizes(false)?;
         lock(&cq).sq_count += 1;
