@@ -374,6 +374,59 @@ pub struct ZonedImage {
     closed: AtomicBool,
 }
 
+/// A write or append admitted by the zone rules whose data is not written yet
+/// ([`ZonedImage::reserve_write`], [`ZonedImage::reserve_append`]). `finish` writes it;
+/// dropping it unfinished gives the reservation back as a failed write.
+#[must_use = "a reservation holds the zone's write pointer until finished or dropped"]
+pub struct PendingWrite {
+    img: Arc<ZonedImage>,
+    ticket: Option<WriteTicket>,
+}
+
+impl std::fmt::Debug for PendingWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingWrite")
+            .field("ticket", &self.ticket)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PendingWrite {
+    /// Byte offset the data goes to (for an append, the offset assigned at admission).
+    pub fn offset(&self) -> u64 {
+        self.ticket.as_ref().map_or(0, |t| t.offset)
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> u64 {
+        self.ticket.as_ref().map_or(0, |t| t.len)
+    }
+
+    /// Whether the reservation is empty (never: zero-length writes are refused).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Write the data (`bufs` must total exactly [`PendingWrite::len`] bytes); with `fua`
+    /// (or in write-through mode) data and write pointer are durable before this returns.
+    /// Returns the offset written.
+    pub fn finish(mut self, bufs: &[IoSlice<'_>], fua: bool) -> ImgResult<u64> {
+        let Some(ticket) = self.ticket.take() else {
+            return Err(Error::Invalid("reservation already used".into()));
+        };
+        self.img.complete_reserved(&ticket, bufs, fua)
+    }
+}
+
+impl Drop for PendingWrite {
+    fn drop(&mut self) {
+        if let Some(t) = self.ticket.take() {
+            let g = self.img.lock();
+            self.img.cancel_locked(g, &t);
+        }
+    }
+}
+
 impl std::fmt::Debug for ZonedImage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ZonedImage")
@@ -709,18 +762,91 @@ impl ZonedImage {
     /// Write at `offset` (must be the zone's write pointer for sequential zones).
     /// `fua`: durable (data + write pointer) before returning.
     pub fn write(&self, offset: u64, bufs: &[IoSlice<'_>], fua: bool) -> ImgResult<()> {
+        let ticket = self.reserve(offset, total_len(bufs), false)?;
+        self.complete_reserved(&ticket, bufs, fua).map(|_| ())
+    }
+
+    /// Admit a write or append under the zone rules and reserve its range (the zone's
+    /// reserved write pointer moves past it). The caller must run exactly one of
+    /// `complete_reserved` or `cancel_reserved` for the ticket.
+    fn reserve(&self, offset: u64, len: u64, append: bool) -> ImgResult<WriteTicket> {
         self.check_writable()?;
-        let len = total_len(bufs);
+        if append && len > u64::from(self.info.max_append_bytes) {
+            return Err(Error::Invalid(format!(
+                "append of {len} bytes exceeds max_append_bytes {}",
+                self.info.max_append_bytes
+            )));
+        }
         self.check_range(offset, len)?;
         let mut g = self.lock_io();
         Self::healthy(&g)?;
-        let ticket = g.zones.begin_write(offset, len)?;
+        let ticket = if append {
+            g.zones.begin_append(offset, len)?
+        } else {
+            g.zones.begin_write(offset, len)?
+        };
         g.inflight += 1;
-        let done = self.run_write(g, &ticket, bufs)?;
-        if self.durable_writes(fua) {
-            self.flush_covering(self.settle(&ticket, done))?;
+        Ok(ticket)
+    }
+
+    /// Write the data of a reserved ticket; with `fua` (or write-through) durable before
+    /// returning. Returns the offset written.
+    fn complete_reserved(
+        &self,
+        ticket: &WriteTicket,
+        bufs: &[IoSlice<'_>],
+        fua: bool,
+    ) -> ImgResult<u64> {
+        let g = self.lock();
+        if total_len(bufs) != ticket.len {
+            self.cancel_locked(g, ticket);
+            return Err(Error::Invalid(format!(
+                "{} bytes of data for a reserved write of {}",
+                total_len(bufs),
+                ticket.len
+            )));
         }
-        Ok(())
+        let done = self.run_write(g, ticket, bufs)?;
+        if self.durable_writes(fua) {
+            self.flush_covering(self.settle(ticket, done))?;
+        }
+        Ok(ticket.offset)
+    }
+
+    /// Give a reservation back unwritten (a failed write: the zone's reserved write pointer
+    /// returns if nothing was reserved after it).
+    fn cancel_locked(&self, mut g: MutexGuard<'_, Inner>, ticket: &WriteTicket) {
+        if let Some(e) = ticket.evicted {
+            g.dirty_words.insert(e);
+        }
+        if g.zones.complete_write(ticket, false) {
+            g.dirty_words.insert(ticket.zone);
+        }
+        g.inflight -= 1;
+        self.unlock(g);
+    }
+
+    /// Admit a write of `len` bytes at `offset` now and write its data later, from any thread
+    /// ([`PendingWrite::finish`]). Admission order is the write order the zone rules see: a
+    /// second reservation in the same zone may start where this one ends before this one's
+    /// data is written. Used for asynchronous execution: commands are admitted in
+    /// submission order, their data I/O runs in parallel.
+    pub fn reserve_write(self: &Arc<Self>, offset: u64, len: u64) -> ImgResult<PendingWrite> {
+        let ticket = self.reserve(offset, len, false)?;
+        Ok(PendingWrite {
+            img: Arc::clone(self),
+            ticket: Some(ticket),
+        })
+    }
+
+    /// Like [`ZonedImage::reserve_write`] for a Zone Append of `len` bytes to the zone
+    /// starting at `zone_start`; the assigned offset is [`PendingWrite::offset`].
+    pub fn reserve_append(self: &Arc<Self>, zone_start: u64, len: u64) -> ImgResult<PendingWrite> {
+        let ticket = self.reserve(zone_start, len, true)?;
+        Ok(PendingWrite {
+            img: Arc::clone(self),
+            ticket: Some(ticket),
+        })
     }
 
     /// Write `len` zero bytes at `offset` with the same zone rules as `write`.
@@ -763,24 +889,8 @@ impl ZonedImage {
 
     /// Append to the zone starting at `zone_start`; returns the assigned byte offset.
     pub fn append(&self, zone_start: u64, bufs: &[IoSlice<'_>], fua: bool) -> ImgResult<u64> {
-        self.check_writable()?;
-        let len = total_len(bufs);
-        if len > u64::from(self.info.max_append_bytes) {
-            return Err(Error::Invalid(format!(
-                "append of {len} bytes exceeds max_append_bytes {}",
-                self.info.max_append_bytes
-            )));
-        }
-        self.check_range(zone_start, len)?;
-        let mut g = self.lock_io();
-        Self::healthy(&g)?;
-        let ticket = g.zones.begin_append(zone_start, len)?;
-        g.inflight += 1;
-        let done = self.run_write(g, &ticket, bufs)?;
-        if self.durable_writes(fua) {
-            self.flush_covering(self.settle(&ticket, done))?;
-        }
-        Ok(ticket.offset)
+        let ticket = self.reserve(zone_start, total_len(bufs), true)?;
+        self.complete_reserved(&ticket, bufs, fua)
     }
 
     /// Before a durable (FUA / write-through) write returns: wait until its zone's committed

@@ -16,7 +16,8 @@ pub mod zone;
 
 pub use check::{check_image, CheckReport};
 pub use image::{
-    CacheMode, CreateOptions, Error, ImageInfo, ImgResult, OpenOptions, ZoneOptions, ZonedImage,
+    CacheMode, CreateOptions, Error, ImageInfo, ImgResult, OpenOptions, PendingWrite, ZoneOptions,
+    ZonedImage,
 };
 pub use qcow2::Qcow2;
 pub use storage::{FileStorage, MemStorage, Storage};

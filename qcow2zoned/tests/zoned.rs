@@ -250,3 +250,65 @@ fn zones_smaller_than_a_cluster() {
     let rep = check_image(&FileStorage::open(&f, true, false).unwrap()).unwrap();
     assert_eq!(rep.exit_code(), 0, "{:?}", rep.messages);
 }
+
+/// Reservations: admitted in order, written in any order from other threads, given back
+/// when dropped unwritten.
+#[test]
+fn reserved_writes_are_admitted_in_order_and_finished_in_any_order() {
+    let d = tmp();
+    let f = path_in(&d, "z.qcow2");
+    ZonedImage::create(&f, &opts(8 * MIB, MIB, 65536)).unwrap();
+    let img = std::sync::Arc::new(open(&f));
+    let a = img.reserve_write(MIB, 8192).unwrap();
+    let b = img.reserve_write(MIB + 8192, 4096).unwrap();
+    let c = img.reserve_append(MIB, 4096).unwrap();
+    assert_eq!(
+        (a.offset(), b.offset(), c.offset()),
+        (MIB, MIB + 8192, MIB + 12288)
+    );
+    // A write at the committed pointer is refused: the range is already reserved.
+    let e = img
+        .write(MIB, &[IoSlice::new(&[1; 4096])], false)
+        .unwrap_err();
+    assert!(matches!(e, Error::Zone(ZoneError::InvalidWrite)), "{e}");
+    // Finish out of order, from another thread; the pointer moves once the prefix is done.
+    let t = std::thread::spawn(move || {
+        assert_eq!(
+            c.finish(&[IoSlice::new(&[0xcc; 4096])], false).unwrap(),
+            MIB + 12288
+        );
+        b.finish(&[IoSlice::new(&[0xbb; 4096])], false).unwrap();
+    });
+    t.join().unwrap();
+    assert_eq!(
+        img.zones(1, 1)[0].wp,
+        MIB,
+        "nothing committed before the first write"
+    );
+    a.finish(&[IoSlice::new(&[0xaa; 8192])], false).unwrap();
+    assert_eq!(img.zones(1, 1)[0].wp, MIB + 16384);
+    let r = read(&img, MIB, 16384);
+    assert!(r[..8192].iter().all(|&x| x == 0xaa));
+    assert!(r[8192..12288].iter().all(|&x| x == 0xbb));
+    assert!(r[12288..].iter().all(|&x| x == 0xcc));
+    // Dropped unwritten: the reservation is given back and the zone can be written there.
+    let p = img.reserve_write(MIB + 16384, 4096).unwrap();
+    drop(p);
+    write(&img, MIB + 16384, &[0xdd; 4096]);
+    // Wrong data length: refused and given back too.
+    let p = img.reserve_write(MIB + 20480, 8192).unwrap();
+    let e = p.finish(&[IoSlice::new(&[0; 4096])], false).unwrap_err();
+    assert!(matches!(e, Error::Invalid(_)), "{e}");
+    write(&img, MIB + 20480, &[0xee; 4096]);
+    assert_eq!(img.zones(1, 1)[0].wp, MIB + 24576);
+    // Zone rules apply at reservation: a full zone refuses.
+    img.zone_action(Some(1), ZoneAction::Finish).unwrap();
+    let e = img.reserve_append(MIB, 4096).unwrap_err();
+    assert!(matches!(e, Error::Zone(ZoneError::Full)), "{e}");
+    // A zone reset waits for reservations in flight (here: none left) and works.
+    img.zone_action(Some(1), ZoneAction::Reset).unwrap();
+    img.flush().unwrap();
+    drop(img);
+    let img = open(&f);
+    assert_eq!(img.zones(1, 1)[0].state, ZoneState::Empty);
+}
