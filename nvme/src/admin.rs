@@ -133,7 +133,8 @@ impl Ctrl {
                 admin.aers.push_back(sqe.cid());
                 Outcome::Deferred
             }
-            // Commands run to completion before the next is fetched: nothing to abort.
+            // Commands are either executed before the next is fetched or already transferring
+            // on an I/O thread: nothing can be aborted.
             AdminCmd::Abort { .. } => Outcome::ok(1),
             AdminCmd::KeepAlive => Outcome::ok(0),
             AdminCmd::Invalid(opc) => {
@@ -272,8 +273,23 @@ impl Ctrl {
             tracing::debug!(qid, reason = "no such SQ", "delete SQ rejected");
             return Err(Status::INVALID_QID);
         };
-        let cqid = lock(&sq).cqid;
-        if let Some(Some(cq)) = io.cqs.get(usize::from(cqid)) {
+        let sq = lock(&sq);
+        // Commands of this queue still running on the I/O threads finish first, and their
+        // completions are posted before the queue goes (the host may keep the CQ).
+        if !sq.inbox.wait_idle(crate::ctrl::TRANSFER_WAIT) {
+            tracing::warn!(
+                qid,
+                "I/O still in flight on a deleted SQ; its results are dropped"
+            );
+        }
+        if let Some(Some(cq)) = io.cqs.get(usize::from(sq.cqid)) {
+            if !self.halted.load(std::sync::atomic::Ordering::Acquire) {
+                if let Ok(n) = self.post_finished(env, &sq, cq) {
+                    if n > 0 {
+                        self.signal(env, &mut lock(cq), n);
+                    }
+                }
+            }
             let mut cq = lock(cq);
             cq.sq_count = cq.sq_count.saturating_sub(1);
         }

@@ -19,11 +19,15 @@
 //! or a queue deletion (which take `io` for writing) waits until every command being executed
 //! has posted its completion: no command survives a reset. Data I/O to the image runs with
 //! only the `io` read lock and the SQ lock held, never a CQ lock, so queues sharing a CQ run
-//! in parallel.
+//! in parallel. Transfers handed to the I/O threads (`aio`) hold no controller lock at all:
+//! they leave their result in the SQ's inbox, which the owning poller posts on its next
+//! pass; deletion, reset and shutdown wait for them with the locks above held (the threads
+//! never take a controller lock, so this cannot deadlock).
 //!
 //! A CQ slot is reserved before each SQE is fetched; when the CQ has no free slot the SQ is
 //! left alone until the host advances the CQ head doorbell. Each SQE is read once.
 
+use crate::aio::Pool;
 use crate::cmd::{AdminCmd, IoCmd};
 use crate::queue::{CompQueue, SubQueue};
 use crate::regs::{self, CcAction, Csts, Regs};
@@ -43,6 +47,9 @@ pub const MQES: u16 = 1023;
 pub const AERL: u8 = 3;
 /// SQEs processed per I/O SQ per `process_io` call (fairness between queues).
 const IO_BUDGET: usize = 64;
+/// How long queue deletion, reset and shutdown wait for transfers in flight on the I/O
+/// threads before going on (a hung host disk; the results are then dropped).
+pub(crate) const TRANSFER_WAIT: Duration = Duration::from_secs(30);
 
 static NEXT_ID: AtomicU32 = AtomicU32::new(0);
 
@@ -63,8 +70,12 @@ pub(crate) enum Outcome {
         /// CQE DW1.
         dw1: u32,
     },
-    /// Completion deferred (Asynchronous Event Request).
+    /// Completion deferred (Asynchronous Event Request): the CQ slot is released and the
+    /// completion posted later with `post_late`.
     Deferred,
+    /// Handed to the I/O threads: the CQ slot stays reserved and the result arrives in the
+    /// SQ's inbox.
+    Queued,
 }
 
 impl Outcome {
@@ -190,7 +201,7 @@ pub(crate) struct Ctrl {
     pub io: RwLock<IoQueues>,
     pub regs: Mutex<Regs>,
     pub events: Mutex<Events>,
-    pub stats: Stats,
+    pub stats: Arc<Stats>,
     /// CSTS.RDY mirror for lock-free checks.
     pub ready: AtomicBool,
     /// Controller fatal status raised: stop processing until reset.
@@ -208,6 +219,8 @@ pub(crate) struct Ctrl {
     /// Null data path (benchmarking): Read, Write, Write Zeroes and Zone Append complete
     /// after their checks without touching the image or moving data.
     pub null_io: AtomicBool,
+    /// I/O threads for asynchronous data transfers (`aio_threads` > 0).
+    pub aio: Option<Pool>,
 }
 
 impl Ctrl {
@@ -230,6 +243,13 @@ impl Ctrl {
             "controller created"
         );
         let wce = cfg.volatile_write_cache;
+        let aio = match cfg.aio_threads {
+            0 => None,
+            n => Some(
+                Pool::start(n)
+                    .map_err(|e| GeometryError(format!("cannot start {n} I/O threads: {e}")))?,
+            ),
+        };
         Ok(Ctrl {
             id,
             ns,
@@ -239,7 +259,7 @@ impl Ctrl {
             admin: Mutex::new(AdminState::default()),
             regs: Mutex::new(Regs::new(MQES)),
             events: Mutex::new(Events::default()),
-            stats: Stats::default(),
+            stats: Arc::new(Stats::default()),
             ready: AtomicBool::new(false),
             halted: AtomicBool::new(false),
             css: AtomicU8::new(0),
@@ -248,6 +268,7 @@ impl Ctrl {
             events_pending: AtomicBool::new(false),
             irq_coalescing: AtomicU32::new(0),
             null_io: AtomicBool::new(false),
+            aio,
         })
     }
 
@@ -257,6 +278,20 @@ impl Ctrl {
 
     pub(crate) fn io_read(&self) -> std::sync::RwLockReadGuard<'_, IoQueues> {
         self.io.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wait (bounded) until no transfer runs on the I/O threads (reset, shutdown, flush).
+    pub(crate) fn wait_transfers(&self, why: &'static str) {
+        if let Some(pool) = &self.aio {
+            if !pool.wait_idle(TRANSFER_WAIT) {
+                tracing::warn!(
+                    ctrl = self.id,
+                    why,
+                    outstanding = pool.outstanding(),
+                    "I/O transfers still in flight; going on without them"
+                );
+            }
+        }
     }
 
     /// Interrupt vectors available to CQs (admin uses 0; one per I/O queue pair).
@@ -322,6 +357,7 @@ impl Ctrl {
         // the reset below flushes, and there is nothing else to quiesce.
         let shn_raised = old_shn == 0 && regs.cc.shn() != 0 && action != CcAction::Shutdown;
         if shn_raised && action == CcAction::None {
+            self.wait_transfers("shutdown");
             if let Err(e) = self.ns.flush() {
                 tracing::warn!(ctrl = self.id, error = %e, "flush at shutdown failed");
             }
@@ -337,6 +373,7 @@ impl Ctrl {
             CcAction::None => false,
             CcAction::Shutdown => {
                 drop(regs);
+                self.wait_transfers("shutdown");
                 if let Err(e) = self.ns.flush() {
                     tracing::warn!(ctrl = self.id, error = %e, "flush at shutdown failed");
                 }
@@ -398,6 +435,9 @@ impl Ctrl {
     /// Controller reset with `admin` and `io` held: drop every queue and pending command.
     fn reset_locked(&self, env: &HostEnv<'_>, admin: &mut AdminState, io: &mut IoQueues) {
         self.ready.store(false, Ordering::Release);
+        // No transfer into guest memory may follow the reset: wait for the I/O threads.
+        // Their results go to the inboxes of the queues dropped below.
+        self.wait_transfers("controller reset");
         io.clear();
         admin.sq = None;
         admin.cq = None;
@@ -466,11 +506,21 @@ impl Ctrl {
         sq: &mut SubQueue,
         cq: &Mutex<CompQueue>,
         budget: usize,
-        exec: &mut dyn FnMut(&Sqe) -> Outcome,
+        exec: &mut dyn FnMut(&Sqe, &SubQueue) -> Outcome,
     ) -> usize {
         let mut done = 0;
         let mut fetched = 0;
+        let mut queued = 0;
         let mut posted = false;
+        if !self.halted.load(Ordering::Acquire) {
+            match self.post_finished(env, sq, cq) {
+                Ok(n) => {
+                    done += n;
+                    posted = n > 0;
+                }
+                Err(()) => return done,
+            }
+        }
         while fetched < budget && !self.halted.load(Ordering::Acquire) {
             let Some(pending) = sq.pending(env.doorbells.sq_tail(sq.qid)) else {
                 self.invalid_doorbell_event();
@@ -497,10 +547,11 @@ impl Ctrl {
                 }
             };
             fetched += 1;
-            let outcome = exec(&sqe);
+            let outcome = exec(&sqe, sq);
             let mut c = lock(cq);
             match outcome {
                 Outcome::Deferred => c.unreserve(),
+                Outcome::Queued => queued += 1,
                 Outcome::Done { status, dw0, dw1 } => {
                     let cqe = Cqe {
                         dw0: dw0.into(),
@@ -523,13 +574,50 @@ impl Ctrl {
         if posted {
             self.signal(env, &mut lock(cq), done);
         }
-        done
+        done + queued
+    }
+
+    /// Post the results the I/O threads left in `sq`'s inbox (their CQ slots were reserved
+    /// at fetch). Returns how many were posted; Err after a controller fatal error.
+    pub(crate) fn post_finished(
+        &self,
+        env: &HostEnv<'_>,
+        sq: &SubQueue,
+        cq: &Mutex<CompQueue>,
+    ) -> Result<usize, ()> {
+        if self.aio.is_none() {
+            return Ok(0);
+        }
+        let finished = sq.inbox.take();
+        if finished.is_empty() {
+            return Ok(0);
+        }
+        let mut c = lock(cq);
+        let mut n = 0;
+        for f in finished {
+            let cqe = Cqe {
+                dw0: f.dw0.into(),
+                dw1: f.dw1.into(),
+                sqhd: ((sq.head & 0xFFFF) as u16).into(),
+                sqid: sq.qid.into(),
+                cid: f.cid.into(),
+                status: 0.into(),
+            };
+            if let Err(e) = c.post(env.mem, cqe, f.status) {
+                let qid = c.qid;
+                drop(c);
+                self.fatal(&format!("CQ {qid} entry not writable: {e}"));
+                return Err(());
+            }
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// Interrupt for `n` new entries of an I/O CQ, honouring Interrupt Coalescing: with an
     /// aggregation time set, the vector is raised once more than THR entries are waiting or
     /// the oldest has waited TIME; otherwise at once. The admin CQ is never coalesced.
-    fn signal(&self, env: &HostEnv<'_>, c: &mut CompQueue, n: usize) {
+    pub(crate) fn signal(&self, env: &HostEnv<'_>, c: &mut CompQueue, n: usize) {
         let co = self.irq_coalescing.load(Ordering::Acquire);
         let (thr, time) = (co & 0xFF, (co >> 8) & 0xFF);
         if c.qid != 0 && time != 0 && c.ien {
@@ -630,7 +718,7 @@ impl Ctrl {
         };
         let _sq_span = tracing::trace_span!("sq", sqid = 0).entered();
         let budget = sq_q.size as usize;
-        let done = self.drain(env, &mut sq_q, &cq_arc, budget, &mut |sqe| {
+        let done = self.drain(env, &mut sq_q, &cq_arc, budget, &mut |sqe, _| {
             let cmd = AdminCmd::decode(sqe);
             let out = self.exec_admin(env, &mut admin, sqe, cmd);
             if let Outcome::Done { status, .. } = &out {
@@ -692,8 +780,8 @@ impl Ctrl {
             };
             let cq = Arc::clone(cq);
             let _sq_span = tracing::trace_span!("sq", sqid = qid).entered();
-            done += self.drain(env, &mut sq, &cq, IO_BUDGET, &mut |sqe| {
-                self.exec_io(env, sqe, IoCmd::decode(sqe, css))
+            done += self.drain(env, &mut sq, &cq, IO_BUDGET, &mut |sqe, sq| {
+                self.exec_io(env, sqe, IoCmd::decode(sqe, css), sq)
             });
             if coalescing && self.coalesced_due(env, &cq) {
                 waiting = true;

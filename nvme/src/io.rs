@@ -8,14 +8,16 @@
 //! pointer or the transfer failed, so that a zone error still wins over a transfer error.
 
 use crate::cmd::{IoCmd, Rw};
-use crate::ctrl::{Ctrl, Outcome};
+use crate::ctrl::{Ctrl, Outcome, Stats};
 use crate::prp;
+use crate::queue::SubQueue;
 use crate::status::Status;
 use crate::wire::Sqe;
 use crate::HostEnv;
-use qcow2zoned::{Error as ImgError, ZoneState};
+use qcow2zoned::{Error as ImgError, PendingWrite, ZoneState, ZonedImage};
 use std::io::{IoSlice, IoSliceMut};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 /// The only namespace.
 pub const NSID: u32 = 1;
@@ -35,9 +37,15 @@ impl Ctrl {
     }
 
     /// Execute one I/O command.
-    pub(crate) fn exec_io(&self, env: &HostEnv<'_>, sqe: &Sqe, cmd: IoCmd) -> Outcome {
+    pub(crate) fn exec_io(
+        &self,
+        env: &HostEnv<'_>,
+        sqe: &Sqe,
+        cmd: IoCmd,
+        sq: &SubQueue,
+    ) -> Outcome {
         let nsid = sqe.nsid.get();
-        let out = self.exec_io_inner(env, sqe, cmd);
+        let out = self.exec_io_inner(env, sqe, cmd, sq);
         let (slba, nlb) = match cmd {
             IoCmd::Read(rw) | IoCmd::Write(rw) | IoCmd::WriteZeroes(rw) | IoCmd::ZoneAppend(rw) => {
                 (rw.slba, rw.nlb)
@@ -56,7 +64,7 @@ impl Ctrl {
         out
     }
 
-    fn exec_io_inner(&self, env: &HostEnv<'_>, sqe: &Sqe, cmd: IoCmd) -> Outcome {
+    fn exec_io_inner(&self, env: &HostEnv<'_>, sqe: &Sqe, cmd: IoCmd, sq: &SubQueue) -> Outcome {
         if let IoCmd::Invalid(opc) = cmd {
             tracing::debug!(
                 opc,
@@ -75,19 +83,17 @@ impl Ctrl {
             tracing::debug!(nsid, reason = "no such namespace", "rejected");
             return Outcome::status(Status::INVALID_NS);
         }
+        let origin = Origin { sq, cid: sqe.cid() };
         match cmd {
-            IoCmd::Flush => self.ns.flush().map_err(|e| self.host_error(&e)).into(),
-            IoCmd::Read(rw) => self.read(env, rw).into(),
-            IoCmd::Write(rw) => self.write(env, rw, Op::Write).map(|_| ()).into(),
+            IoCmd::Flush => self.flush(&origin),
+            IoCmd::Read(rw) => self.read(env, rw, &origin).unwrap_or_else(Outcome::status),
+            IoCmd::Write(rw) => self
+                .write(env, rw, Op::Write, &origin)
+                .unwrap_or_else(Outcome::status),
             IoCmd::WriteZeroes(rw) => self.write_zeroes(rw).into(),
-            IoCmd::ZoneAppend(rw) => match self.write(env, rw, Op::Append) {
-                Ok(lba) => Outcome::Done {
-                    status: Status::SUCCESS,
-                    dw0: (lba & 0xFFFF_FFFF) as u32,
-                    dw1: (lba >> 32) as u32,
-                },
-                Err(st) => Outcome::status(st),
-            },
+            IoCmd::ZoneAppend(rw) => self
+                .write(env, rw, Op::Append, &origin)
+                .unwrap_or_else(Outcome::status),
             IoCmd::ZoneSend(z) => self.zone_send(env, z).into(),
             IoCmd::ZoneRecv(r) => self.zone_recv(env, r).into(),
             IoCmd::Invalid(_) => Outcome::status(Status::INVALID_OPCODE),
@@ -96,12 +102,23 @@ impl Ctrl {
 
     /// Map an image error to a status, logging host-side failures.
     fn host_error(&self, e: &ImgError) -> Status {
-        let st = Status::from(e);
-        match e {
-            ImgError::Zone(_) => tracing::debug!(%st, reason = %e, "zone rule refused command"),
-            _ => tracing::warn!(ctrl = self.id, %st, error = %e, "image I/O failed"),
-        }
-        st
+        image_status(self.id, e)
+    }
+
+    /// Flush: on an I/O thread when there are some (it waits for the disk), else here.
+    fn flush(&self, origin: &Origin<'_>) -> Outcome {
+        let Some(pool) = &self.aio else {
+            return self.ns.flush().map_err(|e| self.host_error(&e)).into();
+        };
+        let ns = Arc::clone(&self.ns);
+        let id = self.id;
+        pool.submit(origin.sq.qid, &origin.sq.inbox, origin.cid, move || {
+            let st = ns
+                .flush()
+                .map_or_else(|e| image_status(id, &e), |()| Status::SUCCESS);
+            (st, 0, 0)
+        });
+        Outcome::Queued
     }
 
     /// Common checks: transfer size against MDTS (when `data`), then the LBA range.
@@ -125,7 +142,7 @@ impl Ctrl {
         }
     }
 
-    fn read(&self, env: &HostEnv<'_>, rw: Rw) -> Result<(), Status> {
+    fn read(&self, env: &HostEnv<'_>, rw: Rw, origin: &Origin<'_>) -> Result<Outcome, Status> {
         let bytes = self.check_range(&rw, true)?;
         let first = self.geo.zone_of(rw.slba);
         let last = self.geo.zone_of(rw.slba + u64::from(rw.nlb) - 1);
@@ -156,9 +173,32 @@ impl Ctrl {
             Err(st) => return Err(st),
         };
         if self.null_io.load(Ordering::Relaxed) {
-            return Ok(());
+            return Ok(Outcome::status(Status::SUCCESS));
         }
         let offset = rw.slba << self.geo.lba_shift;
+        if let Some(pool) = &self.aio {
+            match env.mem.pin(&ranges, true) {
+                Ok(Some(mut bufs)) => {
+                    let ns = Arc::clone(&self.ns);
+                    let stats = Arc::clone(&self.stats);
+                    let id = self.id;
+                    pool.submit(origin.sq.qid, &origin.sq.inbox, origin.cid, move || {
+                        let st = read_pinned(&ns, id, &stats, offset, bytes, first, &mut *bufs);
+                        (st, 0, 0)
+                    });
+                    return Ok(Outcome::Queued);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, reason = "guest memory not mapped", "data transfer error");
+                    return Err(if offline() {
+                        Status::ZONE_OFFLINE
+                    } else {
+                        Status::DATA_TRANSFER
+                    });
+                }
+            }
+        }
         let mut img_err = None;
         let r = env
             .mem
@@ -175,7 +215,7 @@ impl Ctrl {
             Ok(Ok(())) => {
                 self.stats.host_reads.fetch_add(1, Ordering::Relaxed);
                 self.stats.bytes_read.fetch_add(bytes, Ordering::Relaxed);
-                Ok(())
+                Ok(Outcome::status(Status::SUCCESS))
             }
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, reason = "guest memory access failed", "data transfer error");
@@ -219,8 +259,14 @@ impl Ctrl {
         None
     }
 
-    /// Write or Zone Append. Returns the first LBA written.
-    fn write(&self, env: &HostEnv<'_>, rw: Rw, op: Op) -> Result<u64, Status> {
+    /// Write or Zone Append (an append reports the first LBA written in DW0/DW1).
+    fn write(
+        &self,
+        env: &HostEnv<'_>,
+        rw: Rw,
+        op: Op,
+        origin: &Origin<'_>,
+    ) -> Result<Outcome, Status> {
         let bytes = self.check_range(&rw, true)?;
         if op == Op::Append {
             if rw.slba & (self.geo.zone_lbas - 1) != 0 {
@@ -241,10 +287,40 @@ impl Ctrl {
             Err(st) => return Err(self.zone_precheck(&rw, op).unwrap_or(st)),
         };
         if self.null_io.load(Ordering::Relaxed) {
-            return Ok(rw.slba);
+            return Ok(written(op, rw.slba));
         }
         let offset = rw.slba << self.geo.lba_shift;
         let fua = rw.fua || !self.wce.load(Ordering::Acquire);
+        if let Some(pool) = &self.aio {
+            match env.mem.pin(&ranges, false) {
+                Ok(Some(bufs)) => {
+                    // Admitted here, in submission order; the data goes on an I/O thread.
+                    let _order = pool.ordered();
+                    let pending = match op {
+                        Op::Write => self.ns.reserve_write(offset, bytes),
+                        Op::Append => self.ns.reserve_append(offset, bytes),
+                    }
+                    .map_err(|e| self.host_error(&e))?;
+                    let stats = Arc::clone(&self.stats);
+                    let (id, shift) = (self.id, self.geo.lba_shift);
+                    pool.submit(origin.sq.qid, &origin.sq.inbox, origin.cid, move || {
+                        match write_pinned(pending, id, &stats, fua, bufs) {
+                            Ok(at) => match written(op, at >> shift) {
+                                Outcome::Done { status, dw0, dw1 } => (status, dw0, dw1),
+                                _ => (Status::SUCCESS, 0, 0),
+                            },
+                            Err(st) => (st, 0, 0),
+                        }
+                    });
+                    return Ok(Outcome::Queued);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, reason = "guest memory not mapped", "data transfer error");
+                    return Err(self.zone_precheck(&rw, op).unwrap_or(Status::DATA_TRANSFER));
+                }
+            }
+        }
         let mut img: Option<Result<u64, ImgError>> = None;
         let r = env
             .mem
@@ -266,7 +342,7 @@ impl Ctrl {
             Some(Ok(at)) => {
                 self.stats.host_writes.fetch_add(1, Ordering::Relaxed);
                 self.stats.bytes_written.fetch_add(bytes, Ordering::Relaxed);
-                Ok(at >> self.geo.lba_shift)
+                Ok(written(op, at >> self.geo.lba_shift))
             }
             Some(Err(e)) => Err(self.host_error(&e)),
             None => {
@@ -294,5 +370,108 @@ impl Ctrl {
             .map_err(|e| self.host_error(&e))?;
         self.stats.host_writes.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+}
+
+/// The queue and command a completion belongs to.
+pub(crate) struct Origin<'a> {
+    sq: &'a SubQueue,
+    cid: u16,
+}
+
+/// Successful completion of a write (`lba`: first LBA written, reported by Zone Append).
+fn written(op: Op, lba: u64) -> Outcome {
+    match op {
+        Op::Write => Outcome::status(Status::SUCCESS),
+        Op::Append => Outcome::Done {
+            status: Status::SUCCESS,
+            dw0: (lba & 0xFFFF_FFFF) as u32,
+            dw1: (lba >> 32) as u32,
+        },
+    }
+}
+
+/// Map an image error to a status, logging host-side failures.
+fn image_status(ctrl: u32, e: &ImgError) -> Status {
+    let st = Status::from(e);
+    match e {
+        ImgError::Zone(_) => tracing::debug!(%st, reason = %e, "zone rule refused command"),
+        _ => tracing::warn!(ctrl, %st, error = %e, "image I/O failed"),
+    }
+    st
+}
+
+/// A Read's transfer on an I/O thread: image into the pinned guest buffers.
+fn read_pinned(
+    ns: &ZonedImage,
+    ctrl: u32,
+    stats: &Stats,
+    offset: u64,
+    bytes: u64,
+    zone: u32,
+    bufs: &mut dyn crate::PinnedBuffers,
+) -> Status {
+    let mut img_err = None;
+    let r = bufs.with(&mut |s: &mut [IoSliceMut<'_>]| {
+        ns.read(offset, s).map_err(|e| {
+            img_err = Some(e);
+            std::io::Error::other("image read failed")
+        })
+    });
+    if let Some(e) = img_err {
+        return image_status(ctrl, &e);
+    }
+    match r {
+        Ok(()) => {
+            stats.host_reads.fetch_add(1, Ordering::Relaxed);
+            stats.bytes_read.fetch_add(bytes, Ordering::Relaxed);
+            Status::SUCCESS
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, reason = "guest memory access failed", "data transfer error");
+            let offline = ns
+                .zones(zone, 1)
+                .first()
+                .is_some_and(|z| z.state == ZoneState::Offline);
+            if offline {
+                Status::ZONE_OFFLINE
+            } else {
+                Status::DATA_TRANSFER
+            }
+        }
+    }
+}
+
+/// A Write's or Zone Append's transfer on an I/O thread: the pinned guest buffers into the
+/// reserved range. Returns the byte offset written.
+fn write_pinned(
+    pending: PendingWrite,
+    ctrl: u32,
+    stats: &Stats,
+    fua: bool,
+    mut bufs: Box<dyn crate::PinnedBuffers>,
+) -> Result<u64, Status> {
+    let bytes = pending.len();
+    let mut pending = Some(pending);
+    let mut img: Option<Result<u64, ImgError>> = None;
+    let r = bufs.with(&mut |s: &mut [IoSliceMut<'_>]| {
+        let slices: Vec<IoSlice<'_>> = s.iter().map(|b| IoSlice::new(b)).collect();
+        if let Some(p) = pending.take() {
+            img = Some(p.finish(&slices, fua));
+        }
+        Ok(())
+    });
+    match img {
+        Some(Ok(at)) => {
+            stats.host_writes.fetch_add(1, Ordering::Relaxed);
+            stats.bytes_written.fetch_add(bytes, Ordering::Relaxed);
+            Ok(at)
+        }
+        Some(Err(e)) => Err(image_status(ctrl, &e)),
+        None => {
+            // The buffers could not be lent: the reservation is given back unwritten.
+            tracing::debug!(error = ?r.err(), reason = "guest memory not mapped", "data transfer error");
+            Err(Status::DATA_TRANSFER)
+        }
     }
 }

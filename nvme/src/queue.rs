@@ -36,6 +36,8 @@ pub struct SubQueue {
     /// Tail doorbell value found when the queue was created: left by an earlier queue with
     /// this id, so it means "nothing submitted" until the host writes another value.
     stale_tail: Option<u32>,
+    /// Results of this queue's commands run by the I/O threads, waiting to be posted.
+    pub inbox: std::sync::Arc<crate::aio::Inbox>,
 }
 
 impl SubQueue {
@@ -49,6 +51,7 @@ impl SubQueue {
             cqid,
             bad_tail: None,
             stale_tail: None,
+            inbox: std::sync::Arc::default(),
         }
     }
 

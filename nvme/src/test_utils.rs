@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 /// Guest memory backed by a `Vec<u8>` starting at guest address 0. Addresses at or beyond
 /// the size, and ranges punched with [`FakeMemory::unmap`], are not mapped.
 pub struct FakeMemory {
-    bytes: Mutex<Vec<u8>>,
+    bytes: Arc<Mutex<Vec<u8>>>,
     holes: Mutex<Vec<(u64, u64)>>,
     slices_calls: AtomicU64,
 }
@@ -27,7 +27,7 @@ impl FakeMemory {
     /// `size` bytes of zeroed memory.
     pub fn new(size: usize) -> FakeMemory {
         FakeMemory {
-            bytes: Mutex::new(vec![0; size]),
+            bytes: Arc::new(Mutex::new(vec![0; size])),
             holes: Mutex::new(Vec::new()),
             slices_calls: AtomicU64::new(0),
         }
@@ -102,6 +102,54 @@ impl GuestMemory for FakeMemory {
             }
         }
         Ok(r)
+    }
+
+    fn pin(
+        &self,
+        ranges: &[(u64, u64)],
+        for_write: bool,
+    ) -> Result<Option<Box<dyn crate::PinnedBuffers>>, DmaError> {
+        // Bounce buffers as in `with_slices`: checked now, copied out after the transfer.
+        let mut bufs = Vec::with_capacity(ranges.len());
+        for &(addr, len) in ranges {
+            let mut b = vec![0u8; usize::try_from(len).map_err(|_| DmaError { addr, len })?];
+            self.read(addr, &mut b)?;
+            bufs.push(b);
+        }
+        Ok(Some(Box::new(FakePinned {
+            bytes: Arc::clone(&self.bytes),
+            ranges: ranges.to_vec(),
+            bufs,
+            for_write,
+        })))
+    }
+}
+
+/// [`FakeMemory`] buffers pinned for a transfer on an I/O thread.
+struct FakePinned {
+    bytes: Arc<Mutex<Vec<u8>>>,
+    ranges: Vec<(u64, u64)>,
+    bufs: Vec<Vec<u8>>,
+    for_write: bool,
+}
+
+impl crate::PinnedBuffers for FakePinned {
+    fn with(
+        &mut self,
+        f: &mut dyn FnMut(&mut [IoSliceMut<'_>]) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        let r = {
+            let mut slices: Vec<IoSliceMut<'_>> =
+                self.bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+            f(&mut slices)
+        };
+        if self.for_write && r.is_ok() {
+            let mut mem = self.bytes.lock().unwrap();
+            for (&(addr, len), b) in self.ranges.iter().zip(&self.bufs) {
+                mem[addr as usize..(addr + len) as usize].copy_from_slice(b);
+            }
+        }
+        r
     }
 }
 
@@ -620,14 +668,33 @@ impl Driver {
         Some(c)
     }
 
+    /// Process until a completion appears on CQ `cqid` (commands on I/O threads complete a
+    /// little later); panics after 10 s without one.
+    pub fn wait_reap(&mut self, cqid: u16) -> Option<Completion> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            self.process();
+            if let Some(c) = self.reap(cqid) {
+                return Some(c);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(50));
+        }
+    }
+
     /// Submit to SQ `sqid`, process, and return the completion (panics if none was posted).
     pub fn run(&mut self, sqid: u16, cmd: Command) -> Completion {
         let cid = self.submit(sqid, cmd);
         self.process();
         let cqid = self.sqs[&sqid].cqid;
-        let c = self
-            .reap(cqid)
-            .unwrap_or_else(|| panic!("no completion for {cmd:?}"));
+        let c = match self.reap(cqid) {
+            Some(c) => Some(c),
+            None if self.ctrl.io_threads() > 0 => self.wait_reap(cqid),
+            None => None,
+        }
+        .unwrap_or_else(|| panic!("no completion for {cmd:?}"));
         assert_eq!(c.cid, cid, "completion for another command");
         c
     }
