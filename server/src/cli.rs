@@ -58,6 +58,10 @@ pub enum Backend {
     Null,
 }
 
+/// I/O threads with `--direct` unless `--aio-threads` says otherwise: enough to keep a
+/// QD32 queue pair's requests at the disk at once, about half of them.
+pub const DEFAULT_DIRECT_AIO_THREADS: u16 = 16;
+
 /// Options of `serve`.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
@@ -90,6 +94,10 @@ pub struct ServeArgs {
     /// Open the image with O_DIRECT.
     #[arg(long)]
     pub direct: bool,
+    /// I/O threads for asynchronous data transfers; 0 runs every command on its poller
+    /// [default: 16 with --direct, else 0].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(0..=256))]
+    pub aio_threads: Option<u16>,
     /// Data path: the image, or `null` to measure the command path alone.
     #[arg(long, value_enum, default_value_t = Backend::Qcow2)]
     pub backend: Backend,
@@ -107,6 +115,7 @@ impl Default for ServeArgs {
             io_threads: None,
             cache: Cache::Writeback,
             direct: false,
+            aio_threads: None,
             backend: Backend::Qcow2,
         }
     }
@@ -128,6 +137,17 @@ impl ServeArgs {
             None => usize::from(self.queues).min(cpus).min(4),
         }
         .max(1)
+    }
+
+    /// I/O threads in force: with the page cache a transfer is a copy and runs best on the
+    /// poller; with O_DIRECT it waits for the disk, and threads keep many requests at the
+    /// disk from one queue pair.
+    pub fn aio_threads(&self) -> usize {
+        usize::from(self.aio_threads.unwrap_or(if self.direct {
+            DEFAULT_DIRECT_AIO_THREADS
+        } else {
+            0
+        }))
     }
 
     /// Creation options for a missing image. Without `-o`: znsd's defaults (see
@@ -267,6 +287,22 @@ mod tests {
         assert_eq!(a.create_options().unwrap().zone.size, 16 * MIB);
         assert!(Cli::try_parse_from(["znsd", "serve", "--lba-size", "1024"]).is_err());
         assert!(Cli::try_parse_from(["znsd", "serve", "--queues", "256"]).is_err());
+        assert_eq!(a.aio_threads(), usize::from(DEFAULT_DIRECT_AIO_THREADS));
+        let c = Cli::try_parse_from(["znsd", "serve", "--direct", "--aio-threads", "0"]).unwrap();
+        let Some(Command::Serve(a)) = c.command else {
+            panic!("serve expected")
+        };
+        assert_eq!(
+            a.aio_threads(),
+            0,
+            "--aio-threads 0 keeps transfers on the pollers"
+        );
+        assert_eq!(
+            ServeArgs::default().aio_threads(),
+            0,
+            "page cache: no I/O threads"
+        );
+        assert!(Cli::try_parse_from(["znsd", "serve", "--aio-threads", "257"]).is_err());
     }
 
     #[test]

@@ -29,6 +29,11 @@ pub trait NvmeDevice: Send + Sync {
     fn reset(&self, env: &HostEnv<'_>);
     /// Make completed writes durable (flush the image).
     fn flush(&self) -> std::io::Result<()>;
+    /// Register the function that wakes the poller owning an I/O queue when a command of
+    /// that queue finished on an I/O thread (controllers without I/O threads ignore it).
+    fn set_completion_notifier(&self, f: Box<dyn Fn(u16) + Send + Sync>) {
+        let _ = f;
+    }
 }
 
 impl NvmeDevice for nvme::Controller {
@@ -51,7 +56,10 @@ impl NvmeDevice for nvme::Controller {
         nvme::Controller::reset(self, env);
     }
     fn flush(&self) -> std::io::Result<()> {
-        self.namespace().flush().map_err(std::io::Error::other)
+        nvme::Controller::flush(self).map_err(std::io::Error::other)
+    }
+    fn set_completion_notifier(&self, f: Box<dyn Fn(u16) + Send + Sync>) {
+        nvme::Controller::set_completion_notifier(self, f);
     }
 }
 

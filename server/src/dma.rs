@@ -20,7 +20,7 @@
 //! shared with another process (the VMM/guest) that may write it at any time, so we only
 //! ever copy bytes (every bit pattern is a valid `u8`) or use atomics.
 
-use nvme::{DmaError, GuestMemory};
+use nvme::{DmaError, GuestMemory, PinnedBuffers};
 use std::io::IoSliceMut;
 use std::num::NonZeroUsize;
 use std::os::fd::AsFd;
@@ -547,23 +547,117 @@ impl GuestMemory for GuestRam {
         if overlapping(&pieces) {
             return bounce(self, ranges, for_write, f);
         }
-        let mut slices = Vec::with_capacity(pieces.len());
-        for &(m, off, n) in &pieces {
-            // SAFETY: `pieces` are pairwise disjoint (checked above), so the slices do not
-            // alias each other; nothing else in this process references guest RAM (all other
-            // accesses are copies into distinct buffers); the slices live only inside this
-            // call while `t` keeps every mapping alive. Read-only mappings are only lent when
-            // `!for_write`, i.e. when `f` only reads from them (trait contract).
-            let s = unsafe { m.slice_mut(off, n) }.ok_or(DmaError {
-                addr: off,
-                len: n as u64,
+        let r =
+            lend(pieces.iter().map(|&(m, off, n)| (&**m, off, n)), f).map_err(|_| DmaError {
+                addr: ranges.first().map_or(0, |r| r.0),
+                len: ranges.iter().map(|r| r.1).sum(),
             })?;
-            slices.push(IoSliceMut::new(s));
-        }
-        let r = f(&mut slices);
-        drop(slices);
         drop(t);
         Ok(r)
+    }
+
+    fn pin(
+        &self,
+        ranges: &[(u64, u64)],
+        for_write: bool,
+    ) -> Result<Option<Box<dyn PinnedBuffers>>, DmaError> {
+        let t = self.snapshot();
+        let mut groups = Vec::with_capacity(ranges.len());
+        let mut all = Vec::with_capacity(ranges.len());
+        for &(addr, len) in ranges {
+            let p = t.pieces(addr, len, for_write)?;
+            groups.push(
+                p.iter()
+                    .map(|&(m, off, n)| (Arc::clone(m), off, n))
+                    .collect::<Vec<_>>(),
+            );
+            all.extend(p);
+        }
+        let bounce = if overlapping(&all) {
+            let mut bufs = Vec::with_capacity(ranges.len());
+            for &(addr, len) in ranges {
+                let mut b = vec![0u8; usize::try_from(len).map_err(|_| DmaError { addr, len })?];
+                if !for_write {
+                    self.read(addr, &mut b)?;
+                }
+                bufs.push(b);
+            }
+            Some(bufs)
+        } else {
+            None
+        };
+        Ok(Some(Box::new(Pinned {
+            groups,
+            bounce,
+            for_write,
+        })))
+    }
+}
+
+/// Hand `f` mutable slices of the pieces `(mapping, offset, len)`, in order. Fails (without
+/// calling `f`) if a piece is out of its mapping's bounds.
+///
+/// The caller guarantees what makes the slices sound: the pieces are pairwise disjoint,
+/// every mapping stays alive for the call, and read-only mappings are only passed when `f`
+/// only reads (a device-to-guest transfer asks for writable pieces).
+fn lend<'a>(
+    pieces: impl Iterator<Item = (&'a SharedMapping, u64, usize)>,
+    f: &mut dyn FnMut(&mut [IoSliceMut<'_>]) -> std::io::Result<()>,
+) -> std::io::Result<std::io::Result<()>> {
+    let mut slices = Vec::with_capacity(2);
+    for (m, off, n) in pieces {
+        // SAFETY: the pieces are pairwise disjoint (the caller checked), so the slices do
+        // not alias each other; nothing else in this process references guest RAM (every
+        // other access is a copy into a distinct buffer); the slices live only inside this
+        // call, while the caller keeps every mapping alive. Read-only mappings are only lent
+        // for guest-to-device transfers, where `f` only reads (trait contract).
+        let s = unsafe { m.slice_mut(off, n) }
+            .ok_or_else(|| std::io::Error::other("guest range outside its mapping"))?;
+        slices.push(IoSliceMut::new(s));
+    }
+    Ok(f(&mut slices))
+}
+
+/// Guest buffers pinned for a transfer finishing on an I/O thread ([`GuestMemory::pin`]).
+/// It holds the mappings it uses, so a DMA_UNMAP waits for it (as for any in-flight access)
+/// and the memory stays mapped until it is dropped.
+struct Pinned {
+    /// Per guest range, its `(mapping, offset, len)` pieces.
+    groups: Vec<Vec<(Arc<SharedMapping>, u64, usize)>>,
+    /// Bounce buffers (one per range) when ranges overlap: filled at pin time for
+    /// guest-to-device transfers, copied to the guest after device-to-guest ones.
+    bounce: Option<Vec<Vec<u8>>>,
+    /// Device-to-guest transfer (the pieces were checked writable).
+    for_write: bool,
+}
+
+impl PinnedBuffers for Pinned {
+    fn with(
+        &mut self,
+        f: &mut dyn FnMut(&mut [IoSliceMut<'_>]) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        let Some(bufs) = &mut self.bounce else {
+            // Disjoint pieces (checked at pin time), mappings held by `self`.
+            let pieces = self.groups.iter().flatten();
+            return lend(pieces.map(|(m, off, n)| (&**m, *off, *n)), f)?;
+        };
+        let r = {
+            let mut slices: Vec<IoSliceMut<'_>> =
+                bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+            f(&mut slices)
+        };
+        if self.for_write && r.is_ok() {
+            for (pieces, b) in self.groups.iter().zip(bufs.iter()) {
+                let mut done = 0usize;
+                for (m, off, n) in pieces {
+                    if !m.write(*off, &b[done..done + n]) {
+                        return Err(std::io::Error::other("guest range outside its mapping"));
+                    }
+                    done += n;
+                }
+            }
+        }
+        r
     }
 }
 
@@ -698,6 +792,76 @@ mod tests {
         drop(snap);
         assert_eq!(h.join().unwrap(), 1);
         assert!(t0.elapsed() >= Duration::from_millis(50));
+    }
+
+    #[test]
+    fn pinned_buffers_outlive_the_call_and_hold_the_mapping() {
+        let fd = memfd(0x3000);
+        let ram = GuestRam::new();
+        ram.map(0, 0x3000, 0, Some(&fd), true).unwrap();
+        ram.write(0x2000, &[5; 8]).unwrap();
+        // Guest to device: the bytes are seen when the transfer runs, on another thread.
+        let mut out = ram.pin(&[(0x2000, 8)], false).unwrap().unwrap();
+        // Device to guest over two disjoint ranges.
+        let mut into = ram.pin(&[(0x10, 4), (0x1000, 4)], true).unwrap().unwrap();
+        let t = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            out.with(&mut |s| {
+                seen.extend_from_slice(&s[0]);
+                Ok(())
+            })
+            .unwrap();
+            into.with(&mut |s| {
+                s[0].copy_from_slice(&[1, 2, 3, 4]);
+                s[1].copy_from_slice(&[5, 6, 7, 8]);
+                Ok(())
+            })
+            .unwrap();
+            (seen, into)
+        });
+        let (seen, into) = t.join().unwrap();
+        assert_eq!(seen, vec![5; 8]);
+        let mut b = [0u8; 4];
+        ram.read(0x1000, &mut b).unwrap();
+        assert_eq!(b, [5, 6, 7, 8]);
+        // An unmap waits for the pinned buffers: release them from another thread later.
+        let released = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let r = Arc::clone(&released);
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            r.store(true, Ordering::Release);
+            drop(into);
+        });
+        assert_eq!(ram.clear(), 1);
+        assert!(
+            released.load(Ordering::Acquire),
+            "DMA unmap returned while buffers were pinned"
+        );
+        release.join().unwrap();
+        // Nothing mapped: pinning fails like any access.
+        assert!(ram.pin(&[(0x10, 4)], true).is_err());
+    }
+
+    #[test]
+    fn pinned_overlapping_ranges_go_through_bounce_buffers() {
+        let fd = memfd(0x2000);
+        let ram = GuestRam::new();
+        ram.map(0, 0x2000, 0, Some(&fd), true).unwrap();
+        let mut p = ram.pin(&[(0x10, 4), (0x10, 4)], true).unwrap().unwrap();
+        p.with(&mut |s| {
+            s[0].copy_from_slice(&[9; 4]);
+            s[1].copy_from_slice(&[7; 4]);
+            Ok(())
+        })
+        .unwrap();
+        let mut b = [0u8; 4];
+        ram.read(0x10, &mut b).unwrap();
+        assert_eq!(b, [7; 4], "last range wins, as with_slices");
+        // Read-only map: refused for a device-to-guest transfer, fine the other way.
+        let ro = memfd(0x1000);
+        ram.map(0x10000, 0x1000, 0, Some(&ro), false).unwrap();
+        assert!(ram.pin(&[(0x10000, 8)], true).is_err());
+        assert!(ram.pin(&[(0x10000, 8)], false).unwrap().is_some());
     }
 
     #[test]

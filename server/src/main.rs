@@ -58,6 +58,7 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         lba_size: args.lba_size,
         max_io_queues: args.queues,
         volatile_write_cache: matches!(args.cache, znsd::cli::Cache::Writeback),
+        aio_threads: args.aio_threads(),
         ..nvme::ControllerConfig::default()
     };
     let ctrl = nvme::Controller::new(Arc::clone(&image), cfg).map_err(|e| e.to_string())?;

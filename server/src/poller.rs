@@ -146,6 +146,9 @@ impl Pollers {
             io,
             deep_idle,
         };
+        let w = wakers.clone();
+        dev.ctrl
+            .set_completion_notifier(Box::new(move |qid| w.queue(qid)));
         let (stop_tx, stop_rx) = crossbeam_channel::bounded(4);
         let w = wakers.clone();
         let watcher = std::thread::Builder::new()

@@ -418,23 +418,35 @@ fn misprogram(h: &mut Host, rng: &mut Rng, n: &mut Counts) {
 
 #[test]
 fn nvme_command_fuzz() {
-    let rounds = soak_or(300, 6000);
+    fuzz("nvme-fuzz", &[], soak_or(300, 6000));
+}
+
+/// The same with transfers on I/O threads: completions out of submission order, queue
+/// deletion and resets while transfers are in flight, DMA unmaps under pinned buffers.
+#[test]
+fn nvme_command_fuzz_io_threads() {
+    fuzz(
+        "nvme-fuzz-io-threads",
+        &["--aio-threads", "4"],
+        soak_or(150, 3000),
+    );
+}
+
+fn fuzz(name: &str, extra: &[&str], rounds: u64) {
     let seed = seed_from_env("ZNSD_FUZZ_SEED", 0x5eed);
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("nvme-fuzz.qcow2");
     let socket = dir.path().join("nvme-fuzz.sock");
-    let d = Daemon::serve(
-        &image,
-        &socket,
-        &[
-            "--create",
-            "64M",
-            "-o",
-            "zone.size=4M,zone.max_open_zones=4,zone.max_active_zones=6,zone.zd_extension_size=64",
-            "--queues",
-            "4",
-        ],
-    );
+    let mut args = vec![
+        "--create",
+        "64M",
+        "-o",
+        "zone.size=4M,zone.max_open_zones=4,zone.max_active_zones=6,zone.zd_extension_size=64",
+        "--queues",
+        "4",
+    ];
+    args.extend_from_slice(extra);
+    let d = Daemon::serve(&image, &socket, &args);
     let mut d = d;
     let mut n = Counts::default();
     let t0 = Instant::now();
@@ -539,7 +551,7 @@ fn nvme_command_fuzz() {
     use std::io::Write as _;
     let _ = writeln!(
         std::io::stderr(),
-        "nvme-fuzz: {} rounds, {} commands submitted, {} completed ({} successful, {} distinct statuses), \
+        "{name}: {} rounds, {} commands submitted, {} completed ({} successful, {} distinct statuses), \
          {} fatal-status rounds, {} misprogramming actions, {} AERs held, server alive, \
          image check: {} corruptions, {} leaks; zones after reopen {:?}; {} violations (seed {seed:#x}, {:.1} s)",
         n.rounds,
@@ -556,7 +568,7 @@ fn nvme_command_fuzz() {
         bad_zones.len() + usize::from(rep.corruptions != 0) + usize::from(rep.leaks != 0),
         t0.elapsed().as_secs_f64()
     );
-    println!("nvme-fuzz statuses (sct, sc) -> count: {:?}", n.statuses);
+    println!("{name} statuses (sct, sc) -> count: {:?}", n.statuses);
     assert_eq!(rep.corruptions, 0, "{rep:?}");
     assert_eq!(rep.leaks, 0, "a clean shutdown leaves no leak: {rep:?}");
     assert!(

@@ -37,10 +37,16 @@ fn create_image(path: &Path) {
 }
 
 fn controller(path: &Path, lba_size: u32) -> Arc<nvme::Controller> {
+    controller_with(path, lba_size, 0)
+}
+
+/// A controller with `aio_threads` I/O threads (0: transfers run on the pollers).
+fn controller_with(path: &Path, lba_size: u32, aio_threads: usize) -> Arc<nvme::Controller> {
     let img = ZonedImage::open(path, OpenOptions::default()).unwrap();
     let cfg = nvme::ControllerConfig {
         lba_size,
         max_io_queues: 4,
+        aio_threads,
         ..Default::default()
     };
     Arc::new(nvme::Controller::new(Arc::new(img), cfg).unwrap())
@@ -52,10 +58,17 @@ struct Setup {
 }
 
 fn setup() -> Setup {
+    setup_with(0)
+}
+
+/// Transfers on I/O threads: what `znsd serve --direct` runs.
+const AIO: usize = 4;
+
+fn setup_with(aio_threads: usize) -> Setup {
     let img_dir = tempfile::tempdir().unwrap();
     let path = img_dir.path().join("zns.qcow2");
     create_image(&path);
-    let srv = TestServer::start(controller(&path, 4096), 5);
+    let srv = TestServer::start(controller_with(&path, 4096, aio_threads), 5);
     Setup {
         _img_dir: img_dir,
         srv,
@@ -89,8 +102,8 @@ fn linux_bringup_identifies_zns_and_delivers_msix() {
     assert!(h.irqs[2].wait(Duration::from_secs(2)) > 0);
 }
 
-fn io_and_zone_flow(path: DoorbellPath) {
-    let s = setup();
+fn io_and_zone_flow(path: DoorbellPath, aio_threads: usize) {
+    let s = setup_with(aio_threads);
     let mut h = Host::connect(&s.srv.socket, path, 5);
     h.init(2);
     // Write at the write pointer, read back byte for byte.
@@ -150,17 +163,32 @@ fn io_and_zone_flow(path: DoorbellPath) {
 
 #[test]
 fn io_and_zones_with_mapped_doorbells() {
-    io_and_zone_flow(DoorbellPath::Mapped);
+    io_and_zone_flow(DoorbellPath::Mapped, 0);
 }
 
 #[test]
 fn io_and_zones_with_trapped_doorbells() {
-    io_and_zone_flow(DoorbellPath::Trapped);
+    io_and_zone_flow(DoorbellPath::Trapped, 0);
+}
+
+#[test]
+fn io_and_zones_on_io_threads() {
+    io_and_zone_flow(DoorbellPath::Mapped, AIO);
+    io_and_zone_flow(DoorbellPath::Trapped, AIO);
 }
 
 #[test]
 fn large_transfer_uses_prp_list() {
-    let s = setup();
+    large_transfer(0);
+}
+
+#[test]
+fn large_transfer_on_io_threads() {
+    large_transfer(AIO);
+}
+
+fn large_transfer(aio_threads: usize) {
+    let s = setup_with(aio_threads);
     let mut h = Host::connect(&s.srv.socket, DoorbellPath::Mapped, 5);
     h.init(1);
     let data = pattern(9, 64 * 4096);
@@ -310,8 +338,8 @@ fn idle_pollers_wake_quickly_on_a_mapped_doorbell() {
 
 /// Rings wrap many times; with the CQ full the controller holds completions back until the
 /// host's CQ head doorbell frees slots (which must wake the poller on either doorbell path).
-fn full_cq_flow_control(path: DoorbellPath) {
-    let s = setup();
+fn full_cq_flow_control(path: DoorbellPath, aio_threads: usize) {
+    let s = setup_with(aio_threads);
     let mut h = Host::connect(&s.srv.socket, path, 5);
     h.init(1);
     h.create_io_queue(2, 8);
@@ -341,10 +369,20 @@ fn full_cq_flow_control(path: DoorbellPath) {
         assert!(!h.cq_pending(2), "completion posted into a full CQ");
         h.ring_cq_head(2);
         let second: Vec<_> = (0..7).map(|_| h.reap(2)).collect();
-        for (c, cid) in first.iter().chain(second.iter()).zip(&cids) {
+        let mut got: Vec<u16> = Vec::new();
+        for c in first.iter().chain(second.iter()) {
             assert!(c.ok(), "{c:?}");
-            assert_eq!(c.cid, *cid, "completions in submission order on one queue");
+            got.push(c.cid);
             lbas.push(c.result64());
+        }
+        if aio_threads == 0 {
+            assert_eq!(got, cids, "completions in submission order on one queue");
+        } else {
+            // I/O threads finish in any order; every command still completes once.
+            got.sort_unstable();
+            let mut want = cids.clone();
+            want.sort_unstable();
+            assert_eq!(got, want);
         }
     }
     let mut sorted = lbas.clone();
@@ -356,17 +394,108 @@ fn full_cq_flow_control(path: DoorbellPath) {
 
 #[test]
 fn full_cq_flow_control_mapped() {
-    full_cq_flow_control(DoorbellPath::Mapped);
+    full_cq_flow_control(DoorbellPath::Mapped, 0);
 }
 
 #[test]
 fn full_cq_flow_control_trapped() {
-    full_cq_flow_control(DoorbellPath::Trapped);
+    full_cq_flow_control(DoorbellPath::Trapped, 0);
+}
+
+#[test]
+fn full_cq_flow_control_on_io_threads() {
+    full_cq_flow_control(DoorbellPath::Mapped, AIO);
+}
+
+/// A deep queue of sequential writes to one zone and of appends to another, submitted
+/// before any completes: admitted in submission order (every write lands at the write
+/// pointer), transferred in parallel on the I/O threads, every byte reads back.
+fn deep_queue_to_one_zone(aio_threads: usize) {
+    let s = setup_with(aio_threads);
+    let mut h = Host::connect(&s.srv.socket, DoorbellPath::Mapped, 5);
+    h.init(1);
+    const DEPTH: u64 = 24;
+    let zw = ZLBAS * 4;
+    let mut want = Vec::new();
+    let mut cids = Vec::new();
+    for k in 0..DEPTH {
+        let data = pattern(k as u8, 2 * 4096);
+        let buf = h.alloc(data.len() as u64);
+        h.ram.write(buf, &data);
+        let (p1, p2) = h.prps(buf, data.len() as u64);
+        cids.push(h.submit(1, Sqe::rw(opc::WRITE, zw + 2 * k, 2, false).dptr(p1, p2)));
+        want.extend_from_slice(&data);
+    }
+    let mut done: Vec<u16> = (0..DEPTH)
+        .map(|_| {
+            let c = h.reap(1);
+            assert!(c.ok(), "{c:?}");
+            c.cid
+        })
+        .collect();
+    done.sort_unstable();
+    cids.sort_unstable();
+    assert_eq!(done, cids);
+    let (c, back) = h.read(1, zw, (2 * DEPTH) as u32);
+    assert!(c.ok());
+    assert!(back == want, "sequential writes read back");
+    let (_, z) = h.report(1, zw, 1);
+    assert_eq!(
+        (z[0].0, z[0].2),
+        (0x2, zw + 2 * DEPTH),
+        "implicitly open, WP moved"
+    );
+    // Appends: each gets its own LBA, and its data is at that LBA.
+    let za = ZLBAS * 5;
+    let mut sent = Vec::new();
+    for k in 0..DEPTH {
+        let data = pattern(100 + k as u8, 4096);
+        let buf = h.alloc(4096);
+        h.ram.write(buf, &data);
+        let cid = h.submit(1, Sqe::rw(opc::ZONE_APPEND, za, 1, false).dptr(buf, 0));
+        sent.push((cid, data));
+    }
+    let done: Vec<_> = (0..DEPTH).map(|_| h.reap(1)).collect();
+    let mut lbas = Vec::new();
+    for c in done {
+        assert!(c.ok(), "{c:?}");
+        let (_, data) = sent.iter().find(|(cid, _)| *cid == c.cid).unwrap();
+        let (rc, back) = h.read(1, c.result64(), 1);
+        assert!(rc.ok());
+        assert!(&back == data, "append data at its reported LBA");
+        lbas.push(c.result64());
+    }
+    lbas.sort_unstable();
+    assert_eq!(lbas, (za..za + DEPTH).collect::<Vec<_>>());
+    // A write not at the write pointer is refused when admitted, with the exact status.
+    assert_eq!(
+        h.write(1, zw + 1, &pattern(1, 4096)).status(),
+        st::ZONE_INVALID_WRITE
+    );
+}
+
+#[test]
+fn deep_queue_to_one_zone_on_the_poller() {
+    deep_queue_to_one_zone(0);
+}
+
+#[test]
+fn deep_queue_to_one_zone_on_io_threads() {
+    deep_queue_to_one_zone(AIO);
 }
 
 #[test]
 fn guest_reboot_sequence_resets_controller_and_keeps_data() {
-    let s = setup();
+    guest_reboot(0);
+}
+
+#[test]
+fn guest_reboot_with_io_threads() {
+    guest_reboot(AIO);
+}
+
+fn guest_reboot(aio_threads: usize) {
+    let s = setup_with(aio_threads);
     let mut h = Host::connect(&s.srv.socket, DoorbellPath::Mapped, 5);
     h.init(2);
     let data = pattern(11, 2 * 4096);
