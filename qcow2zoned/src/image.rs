@@ -66,6 +66,14 @@ pub struct OpenOptions {
     pub cache: CacheMode,
     /// O_DIRECT on the image file (bypass the host page cache).
     pub direct: bool,
+    /// Zone Reset keeps the zone's host clusters mapped instead of turning them into zero
+    /// clusters and freeing them. The zone reads as zeros either way (reads above a write
+    /// pointer never look at the mapping, and Finish zeroes what it exposes); the next pass
+    /// of writes then overwrites blocks the host file system already has, rather than
+    /// allocating them again (with O_DIRECT on ext4 an allocating write also takes the
+    /// inode lock exclusively, so writes to new blocks cannot run in parallel). The cost:
+    /// the host file keeps the space of reset zones.
+    pub keep_clusters_on_reset: bool,
 }
 
 /// Zone options at create time (mirrors `-o zone.*`).
@@ -369,6 +377,7 @@ pub struct ZonedImage {
     zeros: Box<[u8]>,
     info: ImageInfo,
     cache: CacheMode,
+    keep_on_reset: bool,
     read_only: bool,
     zm_offset: u64,
     closed: AtomicBool,
@@ -557,6 +566,7 @@ impl ZonedImage {
             zeros,
             info,
             cache: opts.cache,
+            keep_on_reset: opts.keep_clusters_on_reset,
             read_only,
             zm_offset: zo,
             closed: AtomicBool::new(false),
@@ -1046,7 +1056,11 @@ impl ZonedImage {
             .inspect_err(|e| tracing::debug!(?zone, ?action, reason = %e, "zone action refused"))?;
             tracing::debug!(?zone, ?action, changed = eff.changed.len(), "zone action");
             g.dirty_words.extend(eff.changed.iter().copied());
-            if action == ZoneAction::Reset {
+            if action == ZoneAction::Reset && self.keep_on_reset {
+                // The zone reads as zeros from its write pointer on; its clusters stay
+                // mapped for the next pass of writes to overwrite (see OpenOptions).
+                drop(g);
+            } else if action == ZoneAction::Reset {
                 // The word goes first: above the write pointer everything reads as zeros
                 // anyway, so a crash before the clusters are zeroed loses nothing.
                 drop(g);

@@ -335,6 +335,8 @@ struct Config {
     max_append: u32,
     zdes: u32,
     cache: CacheMode,
+    /// `OpenOptions::keep_clusters_on_reset`.
+    keep_on_reset: bool,
 }
 
 impl Config {
@@ -367,6 +369,7 @@ const CONFIGS: &[Config] = &[
         max_append: 16 * KIB as u32,
         zdes: 64,
         cache: CacheMode::WriteBack,
+        keep_on_reset: false,
     },
     Config {
         name: "64k-8x1M-limits-wb",
@@ -379,6 +382,7 @@ const CONFIGS: &[Config] = &[
         max_append: 64 * KIB as u32,
         zdes: 128,
         cache: CacheMode::WriteBack,
+        keep_on_reset: true,
     },
     Config {
         name: "4k-16x1M-cap768k-limits-wt",
@@ -391,6 +395,7 @@ const CONFIGS: &[Config] = &[
         max_append: 32 * KIB as u32,
         zdes: 64,
         cache: CacheMode::WriteThrough,
+        keep_on_reset: false,
     },
     Config {
         name: "64k-8x4M-nolimits-wt",
@@ -403,6 +408,7 @@ const CONFIGS: &[Config] = &[
         max_append: 64 * KIB as u32,
         zdes: 0,
         cache: CacheMode::WriteThrough,
+        keep_on_reset: true,
     },
     Config {
         name: "64k-16x2M-cap1M-limits-wb",
@@ -415,6 +421,7 @@ const CONFIGS: &[Config] = &[
         max_append: 32 * KIB as u32,
         zdes: 192,
         cache: CacheMode::WriteBack,
+        keep_on_reset: false,
     },
     Config {
         name: "4k-8x2M-smallcap-wb",
@@ -427,6 +434,7 @@ const CONFIGS: &[Config] = &[
         max_append: 8 * KIB as u32,
         zdes: 64,
         cache: CacheMode::WriteBack,
+        keep_on_reset: true,
     },
     Config {
         // Tiny clusters: every few writes need a new L2 table or refcount block.
@@ -440,6 +448,7 @@ const CONFIGS: &[Config] = &[
         max_append: 4 * KIB as u32,
         zdes: 64,
         cache: CacheMode::WriteBack,
+        keep_on_reset: false,
     },
     Config {
         // Capacity ends inside a cluster.
@@ -453,6 +462,7 @@ const CONFIGS: &[Config] = &[
         max_append: 64 * KIB as u32,
         zdes: 64,
         cache: CacheMode::WriteThrough,
+        keep_on_reset: true,
     },
 ];
 
@@ -593,6 +603,7 @@ impl Exec {
             rec.clone(),
             OpenOptions {
                 cache: cfg.cache,
+                keep_clusters_on_reset: cfg.keep_on_reset,
                 ..Default::default()
             },
         )

@@ -312,3 +312,57 @@ fn reserved_writes_are_admitted_in_order_and_finished_in_any_order() {
     let img = open(&f);
     assert_eq!(img.zones(1, 1)[0].state, ZoneState::Empty);
 }
+
+/// `keep_clusters_on_reset`: a reset zone reads as zeros, its clusters stay mapped and the
+/// next pass overwrites them in place; stale bytes never show, not after a reopen, not
+/// after a Finish.
+#[test]
+fn reset_keeping_clusters_never_shows_old_data_and_rewrites_in_place() {
+    let d = tmp();
+    let f = path_in(&d, "k.qcow2");
+    ZonedImage::create(&f, &opts(4 * MIB, MIB, 65536)).unwrap();
+    let keep = OpenOptions {
+        keep_clusters_on_reset: true,
+        ..Default::default()
+    };
+    let img = ZonedImage::open(&f, keep).unwrap();
+    write(&img, 0, &vec![0x55; MIB as usize]);
+    write(&img, MIB, &vec![0x77; MIB as usize]);
+    img.flush().unwrap();
+    let size = std::fs::metadata(&f).unwrap().len();
+    img.zone_action(Some(0), ZoneAction::Reset).unwrap();
+    img.zone_action(Some(1), ZoneAction::Reset).unwrap();
+    assert_eq!(img.zones(0, 1)[0].state, ZoneState::Empty);
+    assert!(read(&img, 0, 2 * MIB as usize).iter().all(|&b| b == 0));
+    // Zone 0: a partial rewrite; zone 1: a partial rewrite, then Finish.
+    write(&img, 0, &[0x66; 4096]);
+    write(&img, MIB, &[0x88; 8192]);
+    img.zone_action(Some(1), ZoneAction::Finish).unwrap();
+    let r = read(&img, 0, 2 * MIB as usize);
+    assert!(r[..4096].iter().all(|&b| b == 0x66));
+    assert!(r[4096..MIB as usize].iter().all(|&b| b == 0), "stale bytes above the WP");
+    assert!(r[MIB as usize..MIB as usize + 8192].iter().all(|&b| b == 0x88));
+    assert!(
+        r[MIB as usize + 8192..].iter().all(|&b| b == 0),
+        "Finish exposes zeros, not the old pass"
+    );
+    img.close().unwrap();
+    assert_eq!(
+        std::fs::metadata(&f).unwrap().len(),
+        size,
+        "the rewrite used the kept clusters"
+    );
+    // Reopened (with the default options): the same view, and a clean image.
+    let img = open(&f);
+    assert_eq!(img.zones(0, 1)[0].state, ZoneState::Closed);
+    assert_eq!(img.zones(0, 1)[0].wp, 4096);
+    assert_eq!(img.zones(1, 1)[0].state, ZoneState::Full);
+    let r = read(&img, 0, 2 * MIB as usize);
+    assert!(r[..4096].iter().all(|&b| b == 0x66));
+    assert!(r[4096..MIB as usize].iter().all(|&b| b == 0));
+    assert!(r[MIB as usize..MIB as usize + 8192].iter().all(|&b| b == 0x88));
+    assert!(r[MIB as usize + 8192..].iter().all(|&b| b == 0));
+    drop(img);
+    let rep = check_image(&FileStorage::open(&f, true, false).unwrap()).unwrap();
+    assert_eq!(rep.exit_code(), 0, "{:?}", rep.messages);
+}

@@ -50,6 +50,7 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
             read_only: false,
             cache: args.cache.into(),
             direct: args.direct,
+            keep_clusters_on_reset: !args.discard_on_reset,
         },
     )
     .map_err(|e| format!("Cannot open {}: {e}", args.image.display()))?;
