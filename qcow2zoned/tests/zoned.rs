@@ -340,8 +340,13 @@ fn reset_keeping_clusters_never_shows_old_data_and_rewrites_in_place() {
     img.zone_action(Some(1), ZoneAction::Finish).unwrap();
     let r = read(&img, 0, 2 * MIB as usize);
     assert!(r[..4096].iter().all(|&b| b == 0x66));
-    assert!(r[4096..MIB as usize].iter().all(|&b| b == 0), "stale bytes above the WP");
-    assert!(r[MIB as usize..MIB as usize + 8192].iter().all(|&b| b == 0x88));
+    assert!(
+        r[4096..MIB as usize].iter().all(|&b| b == 0),
+        "stale bytes above the WP"
+    );
+    assert!(r[MIB as usize..MIB as usize + 8192]
+        .iter()
+        .all(|&b| b == 0x88));
     assert!(
         r[MIB as usize + 8192..].iter().all(|&b| b == 0),
         "Finish exposes zeros, not the old pass"
@@ -360,7 +365,9 @@ fn reset_keeping_clusters_never_shows_old_data_and_rewrites_in_place() {
     let r = read(&img, 0, 2 * MIB as usize);
     assert!(r[..4096].iter().all(|&b| b == 0x66));
     assert!(r[4096..MIB as usize].iter().all(|&b| b == 0));
-    assert!(r[MIB as usize..MIB as usize + 8192].iter().all(|&b| b == 0x88));
+    assert!(r[MIB as usize..MIB as usize + 8192]
+        .iter()
+        .all(|&b| b == 0x88));
     assert!(r[MIB as usize + 8192..].iter().all(|&b| b == 0));
     drop(img);
     let rep = check_image(&FileStorage::open(&f, true, false).unwrap()).unwrap();
