@@ -7,7 +7,7 @@
 //! almost no CPU and a new doorbell is noticed within about a millisecond. After about 10 ms
 //! without work a poller stops polling: the doorbell watcher thread ("znsd-doorbells")
 //! scans the page every millisecond and wakes the poller owning a changed doorbell, so an
-//! idle controller costs one 1 kHz thread instead of one per poller (250 Hz after a second
+//! idle controller costs one 1 kHz thread instead of one per poller (125 Hz after a second
 //! without any doorbell moving). The watcher only scans
 //! while some poller is deeply idle (pollers that are busy or backing off watch their own
 //! doorbells), and it sleeps with `thread::sleep` rather than a channel timeout, whose
@@ -30,20 +30,30 @@ use std::time::{Duration, Instant};
 
 /// Longest idle sleep between two doorbell checks.
 pub const MAX_SLEEP: Duration = Duration::from_millis(1);
-/// Idle rounds spent spinning before sleeping.
-const SPIN_ROUNDS: u32 = 64;
+/// How long a poller keeps spinning after its last command before it starts to sleep. It
+/// covers a host's turnaround from a completion to its next submission: with 64 spin
+/// rounds (a few microseconds) the load generator's 4 KiB QD32 reads on one queue pair ran
+/// at 172k IOPS with a p50 of 173 µs, almost all of it poller sleep; 50 µs gave 290-310k,
+/// 100 µs 330-370k, but also took more CPU from the 2-vCPU TCG test guest, whose QD32
+/// reads lost a quarter (docs/performance.md).
+const SPIN_TIME: Duration = Duration::from_micros(50);
+/// Spin rounds between two `yield_now` calls while spinning (a spinning poller shares the
+/// CPU with whatever else is runnable there: the guest's vCPUs, the load generator).
+const SPIN_YIELD_EVERY: u32 = 32;
 /// First idle sleep.
 const MIN_SLEEP: Duration = Duration::from_micros(10);
 /// Idle sleep while the controller is disabled (enabling it wakes every poller at once).
 const DISABLED_SLEEP: Duration = Duration::from_millis(50);
-/// Idle rounds after which a poller leaves doorbell polling to the watcher (about 10 ms of
-/// 1 ms sleeps after the backoff).
-const DEEP_IDLE_ROUNDS: u32 = SPIN_ROUNDS + 8 + 10;
+/// Sleeps after which a poller leaves doorbell polling to the watcher (about 10 ms of 1 ms
+/// sleeps after the backoff).
+const DEEP_IDLE_ROUNDS: u32 = 8 + 10;
 /// Sleep of a deeply idle poller; the watcher wakes it on any doorbell change.
 const DEEP_SLEEP: Duration = Duration::from_millis(50);
 /// Watcher period once no doorbell has moved for [`WATCH_SLOW_AFTER`]: each wake-up of the
-/// watcher costs about 15 µs of CPU on a busy 2-CPU VM, so 1 kHz alone was 1.5% of a core.
-const WATCH_SLOW_PERIOD: Duration = Duration::from_millis(4);
+/// watcher costs 15-40 µs of CPU on the 2-CPU VMs we measured on, so 1 kHz alone was 1.5% of
+/// a core, and 250 Hz still 0.7-1.1%. With half a period of timer slack, the first command
+/// after a second of silence may wait up to 12 ms.
+const WATCH_SLOW_PERIOD: Duration = Duration::from_millis(8);
 /// Quiet time after which the watcher slows down to [`WATCH_SLOW_PERIOD`].
 const WATCH_SLOW_AFTER: Duration = Duration::from_secs(1);
 /// How long `quiesce` waits for all acks.
@@ -236,7 +246,11 @@ const DOORBELL_DWORDS: usize = (bar::DOORBELL_SIZE / 4) as usize;
 /// Messages on `ctl`: `true` stops the watcher, `false` wakes it (the controller may have
 /// been enabled).
 fn watch_doorbells(dev: &Device, wakers: &Wakers, ctl: &Receiver<bool>) {
-    let mut last = vec![0u32; DOORBELL_DWORDS];
+    // Only the doorbells of queue ids the controller can create (one MSI-X vector per
+    // queue pair): scanning the whole page cost most of an idle znsd's CPU time.
+    let dwords = (usize::from(dev.irq.vectors()) * 2).clamp(2, DOORBELL_DWORDS);
+    let mut slack = Duration::ZERO;
+    let mut last = vec![0u32; dwords];
     let mut scanning = false;
     let mut moved = Instant::now();
     loop {
@@ -250,6 +264,12 @@ fn watch_doorbells(dev: &Device, wakers: &Wakers, ctl: &Receiver<bool>) {
             } else {
                 MAX_SLEEP
             };
+            // Let the kernel fold this wake-up into another one up to half a period later:
+            // each separate timer wake-up costs tens of microseconds on a VM.
+            if period / 2 != slack {
+                slack = period / 2;
+                set_timer_slack(slack);
+            }
             std::thread::sleep(period);
             match ctl.try_recv() {
                 Err(TryRecvError::Empty) | Ok(false) => {}
@@ -333,10 +353,25 @@ impl DeepIdle {
             self.mine = deep;
             if deep {
                 self.count.fetch_add(1, Ordering::AcqRel);
+                // Deep sleeps are long; their exact length does not matter.
+                set_timer_slack(DEEP_SLEEP / 2);
             } else {
                 self.count.fetch_sub(1, Ordering::AcqRel);
+                set_timer_slack(DEFAULT_TIMER_SLACK);
             }
         }
+    }
+}
+
+/// Linux's default timer slack of a thread.
+const DEFAULT_TIMER_SLACK: Duration = Duration::from_micros(50);
+
+/// Set the calling thread's timer slack (how late the kernel may end its sleeps, to
+/// coalesce wake-ups). Best effort.
+fn set_timer_slack(d: Duration) {
+    let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).max(1);
+    if let Err(e) = nix::sys::prctl::set_timerslack(ns) {
+        tracing::debug!(error = %e, "PR_SET_TIMERSLACK failed");
     }
 }
 
@@ -365,6 +400,8 @@ fn poll_loop(
     };
     let _g = span.enter();
     let mut idle: u32 = 0;
+    let mut busy_at = Instant::now();
+    let mut spins: u32 = 0;
     let mut quiesced = false;
     let mut panics: u64 = 0;
     let handle = |m: Msg, quiesced: &mut bool, idle: &mut u32| -> Flow {
@@ -425,15 +462,24 @@ fn poll_loop(
         };
         if done > 0 {
             idle = 0;
+            busy_at = Instant::now();
             deep.set(false);
             continue;
         }
-        idle = idle.saturating_add(1);
-        if idle <= SPIN_ROUNDS {
-            std::hint::spin_loop();
+        // Spin for a while after the last command: the host's turnaround from a completion
+        // to its next submission (interrupt, wake-up, new SQEs) is tens of microseconds,
+        // and a poller asleep by then would add its sleep to every command.
+        if idle == 0 && ready && busy_at.elapsed() < SPIN_TIME {
+            spins = spins.wrapping_add(1);
+            if spins.is_multiple_of(SPIN_YIELD_EVERY) {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
             continue;
         }
-        let shift = (idle - SPIN_ROUNDS).min(16);
+        idle = idle.saturating_add(1);
+        let shift = (idle - 1).min(16);
         let sleep = if !ready {
             DISABLED_SLEEP
         } else if idle > DEEP_IDLE_ROUNDS {
