@@ -6,10 +6,8 @@ mod common;
 
 use common::*;
 use nvme::test_utils::{Command, Driver};
-use nvme::{Controller, ControllerConfig, GuestMemory, Status};
-use qcow2zoned::{
-    CacheMode, CreateOptions, MemStorage, OpenOptions, Storage, ZoneOptions, ZonedImage,
-};
+use nvme::{ControllerConfig, GuestMemory, Status};
+use qcow2zoned::{MemStorage, Storage};
 use std::io::{self, IoSlice, IoSliceMut};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -159,24 +157,7 @@ impl Storage for Gate {
 
 fn gated() -> (Arc<Gate>, Driver) {
     let gate = Arc::new(Gate::default());
-    let opts = CreateOptions {
-        size: 16 << 20,
-        cluster_size: 64 << 10,
-        zone: ZoneOptions {
-            size: 1 << 20,
-            capacity: 1 << 20,
-            ..Default::default()
-        },
-    };
-    ZonedImage::create_with(&*gate, &opts).unwrap();
-    let open = OpenOptions {
-        cache: CacheMode::WriteBack,
-        ..Default::default()
-    };
-    let img = ZonedImage::open_with(gate.clone(), open).unwrap();
-    let ctrl = Arc::new(Controller::new(Arc::new(img), aio(2)).unwrap());
-    let mut d = Driver::new(ctrl, 64 << 20);
-    d.init_linux();
+    let d = driver_on(&gate, aio(2));
     (gate, d)
 }
 

@@ -5,10 +5,8 @@ mod common;
 
 use common::*;
 use nvme::test_utils::{Command, Driver};
-use nvme::{Controller, ControllerConfig, Status};
-use qcow2zoned::{
-    CacheMode, CreateOptions, MemStorage, OpenOptions, Storage, ZoneOptions, ZonedImage,
-};
+use nvme::{ControllerConfig, Status};
+use qcow2zoned::{MemStorage, Storage};
 use std::io::{self, IoSlice, IoSliceMut};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -65,24 +63,7 @@ impl Storage for Probe {
 
 fn setup(cfg: ControllerConfig) -> (Arc<Probe>, Driver) {
     let probe = Arc::new(Probe::default());
-    let opts = CreateOptions {
-        size: 16 << 20,
-        cluster_size: 64 << 10,
-        zone: ZoneOptions {
-            size: 1 << 20,
-            capacity: 1 << 20,
-            ..Default::default()
-        },
-    };
-    ZonedImage::create_with(&*probe, &opts).unwrap();
-    let open = OpenOptions {
-        cache: CacheMode::WriteBack,
-        ..Default::default()
-    };
-    let img = ZonedImage::open_with(probe.clone(), open).unwrap();
-    let ctrl = Arc::new(Controller::new(Arc::new(img), cfg).unwrap());
-    let mut d = Driver::new(ctrl, 64 << 20);
-    d.init_linux();
+    let d = driver_on(&probe, cfg);
     (probe, d)
 }
 

@@ -4,7 +4,7 @@
 
 use nvme::test_utils::Driver;
 use nvme::{Controller, ControllerConfig};
-use qcow2zoned::{CreateOptions, OpenOptions, ZoneOptions, ZonedImage};
+use qcow2zoned::{CacheMode, CreateOptions, OpenOptions, Storage, ZoneOptions, ZonedImage};
 use std::sync::Arc;
 
 /// Geometry of a test image.
@@ -76,6 +76,30 @@ pub fn rig(geo: Geo, lba: u32) -> Rig {
             ..Default::default()
         },
     )
+}
+
+/// A Linux-initialised driver over a 16 MiB image (1 MiB zones, write-back) created on the
+/// test's own storage `st` (fault injection, counting, gating).
+pub fn driver_on<S: Storage + 'static>(st: &Arc<S>, cfg: ControllerConfig) -> Driver {
+    let opts = CreateOptions {
+        size: 16 << 20,
+        cluster_size: 64 << 10,
+        zone: ZoneOptions {
+            size: 1 << 20,
+            capacity: 1 << 20,
+            ..Default::default()
+        },
+    };
+    ZonedImage::create_with(&**st, &opts).unwrap();
+    let open = OpenOptions {
+        cache: CacheMode::WriteBack,
+        ..Default::default()
+    };
+    let img = ZonedImage::open_with(st.clone(), open).unwrap();
+    let ctrl = Arc::new(Controller::new(Arc::new(img), cfg).unwrap());
+    let mut d = Driver::new(ctrl, 64 << 20);
+    d.init_linux();
+    d
 }
 
 /// Deterministic test pattern.
