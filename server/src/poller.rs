@@ -30,13 +30,13 @@ use std::time::{Duration, Instant};
 
 /// Longest idle sleep between two doorbell checks.
 pub const MAX_SLEEP: Duration = Duration::from_millis(1);
-/// How long a poller keeps spinning after its last command before it starts to sleep. It
-/// covers a host's turnaround from a completion to its next submission: with 64 spin
-/// rounds (a few microseconds) the load generator's 4 KiB QD32 reads on one queue pair ran
-/// at 172k IOPS with a p50 of 173 µs, almost all of it poller sleep; 50 µs gave 290-310k,
-/// 100 µs 330-370k, but also took more CPU from the 2-vCPU TCG test guest, whose QD32
-/// reads lost a quarter (docs/performance.md).
-const SPIN_TIME: Duration = Duration::from_micros(50);
+/// How long a poller keeps spinning after its last command before it starts to sleep (then
+/// 10 µs sleeps, doubling). Measured with the load generator's 4 KiB QD32 reads on one
+/// queue pair (IOPS) and the TCG test guest's jobs against QEMU's device (ratios), all with
+/// the 1 µs timer slack below: 5 µs gave 249k and a guest at or ahead of QEMU on every job;
+/// 50 µs gave 298k but the guest's QD32 reads fell behind QEMU's (0.92-0.96) in two runs
+/// out of two, its vCPUs needing the CPU the poller spun on.
+const SPIN_TIME: Duration = Duration::from_micros(5);
 /// Spin rounds between two `yield_now` calls while spinning (a spinning poller shares the
 /// CPU with whatever else is runnable there: the guest's vCPUs, the load generator).
 const SPIN_YIELD_EVERY: u32 = 32;
