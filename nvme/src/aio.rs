@@ -56,7 +56,6 @@ impl Inbox {
     }
 
     /// Commands handed to the pool and not finished yet.
-    #[cfg(test)]
     pub fn outstanding(&self) -> usize {
         self.outstanding.load(Ordering::Acquire)
     }

@@ -85,7 +85,7 @@ impl Ctrl {
         }
         let origin = Origin { sq, cid: sqe.cid() };
         match cmd {
-            IoCmd::Flush => self.flush(&origin),
+            IoCmd::Flush => self.flush(env, &origin),
             IoCmd::Read(rw) => self.read(env, rw, &origin).unwrap_or_else(Outcome::status),
             IoCmd::Write(rw) => self
                 .write(env, rw, Op::Write, &origin)
@@ -100,14 +100,23 @@ impl Ctrl {
         }
     }
 
+    /// The I/O threads, if this command should go to them: not when nothing else is queued
+    /// or in flight on its SQ (QD1), where a hand-off would only add a thread wake-up to the
+    /// command's latency. Either way commands are admitted in submission order.
+    fn pool_for(&self, env: &HostEnv<'_>, sq: &SubQueue) -> Option<&crate::aio::Pool> {
+        let pool = self.aio.as_ref()?;
+        let more = env.doorbells.sq_tail(sq.qid) != sq.head || sq.inbox.outstanding() > 0;
+        more.then_some(pool)
+    }
+
     /// Map an image error to a status, logging host-side failures.
     fn host_error(&self, e: &ImgError) -> Status {
         image_status(self.id, e)
     }
 
     /// Flush: on an I/O thread when there are some (it waits for the disk), else here.
-    fn flush(&self, origin: &Origin<'_>) -> Outcome {
-        let Some(pool) = &self.aio else {
+    fn flush(&self, env: &HostEnv<'_>, origin: &Origin<'_>) -> Outcome {
+        let Some(pool) = self.pool_for(env, origin.sq) else {
             return self.ns.flush().map_err(|e| self.host_error(&e)).into();
         };
         let ns = Arc::clone(&self.ns);
@@ -176,7 +185,7 @@ impl Ctrl {
             return Ok(Outcome::status(Status::SUCCESS));
         }
         let offset = rw.slba << self.geo.lba_shift;
-        if let Some(pool) = &self.aio {
+        if let Some(pool) = self.pool_for(env, origin.sq) {
             match env.mem.pin(&ranges, true) {
                 Ok(Some(mut bufs)) => {
                     let ns = Arc::clone(&self.ns);
@@ -291,7 +300,7 @@ impl Ctrl {
         }
         let offset = rw.slba << self.geo.lba_shift;
         let fua = rw.fua || !self.wce.load(Ordering::Acquire);
-        if let Some(pool) = &self.aio {
+        if let Some(pool) = self.pool_for(env, origin.sq) {
             match env.mem.pin(&ranges, false) {
                 Ok(Some(bufs)) => {
                     // Admitted here, in submission order; the data goes on an I/O thread.

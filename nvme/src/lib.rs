@@ -17,7 +17,8 @@
 //!   ([`GuestMemory::pin`]), Read, Write, Zone Append and Flush: those are checked and
 //!   admitted in submission order on the poller (writes reserve their zone range there),
 //!   then their data transfer runs on a pool of I/O threads and the poller posts the
-//!   completion when it ends (see the `aio` module). An Abort never finds its target and
+//!   completion when it ends (see the `aio` module); a command alone on its queue (QD1)
+//!   still runs on the poller. An Abort never finds its target and
 //!   completes with DW0 bit 0 set ("not aborted"); queue deletion, reset and shutdown wait
 //!   for transfers in flight.
 //! - Interrupts are raised once per processed batch per CQ (a natural coalescing); on I/O

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use nvme::test_utils::{Command, Driver};
+use nvme::test_utils::{Command, Completion, Driver};
 use nvme::{ControllerConfig, GuestMemory, Status};
 use qcow2zoned::{MemStorage, Storage};
 use std::io::{self, IoSlice, IoSliceMut};
@@ -20,62 +20,87 @@ fn aio(threads: usize) -> ControllerConfig {
     }
 }
 
+/// Run `cmd` (with a `len`-byte buffer holding `data`) on SQ 1 with a Flush queued behind
+/// it, so that it is not alone on its queue and goes to the I/O threads (a command alone on
+/// its queue runs on the poller). Returns its completion and the buffer afterwards.
+fn queued(d: &mut Driver, cmd: Command, len: u64, data: Option<&[u8]>) -> (Completion, Vec<u8>) {
+    let buf = d.alloc(len.max(4096));
+    if let Some(b) = data {
+        d.host.mem.write(buf, b).unwrap();
+    }
+    let (p1, p2) = d.prps(buf, len.max(4096));
+    let cid = d.submit(1, cmd.dptr(p1, p2));
+    let flush = d.submit(1, Command::new(0x00).nsid(1));
+    let mut got = None;
+    for _ in 0..2 {
+        let c = d.wait_reap(1).expect("completion");
+        if c.cid == cid {
+            got = Some(c);
+        } else {
+            assert_eq!((c.cid, c.status), (flush, Status::SUCCESS));
+        }
+    }
+    let mut out = vec![0u8; len as usize];
+    d.host.mem.read(buf, &mut out).unwrap();
+    (got.expect("completion of the command"), out)
+}
+
+fn write_q(d: &mut Driver, slba: u64, data: &[u8]) -> Status {
+    let nlb = (data.len() / 4096) as u32;
+    let cmd = Command::rw(0x01, slba, nlb, false);
+    queued(d, cmd, data.len() as u64, Some(data)).0.status
+}
+
 #[test]
 fn statuses_and_bytes_match_the_inline_path() {
     let mut r = rig_with(Geo::default(), aio(3));
     let d = &mut r.d;
     let z1 = 256; // 1 MiB zones of 4 KiB blocks
+    let inline_before = d.host.mem.with_slices_calls();
     let data = pattern(8 * 4096, 1);
-    assert_eq!(d.write(1, 0, &data, false).status, Status::SUCCESS);
-    let (c, back) = d.read(1, 0, 8);
+    assert_eq!(write_q(d, 0, &data), Status::SUCCESS);
+    let (c, back) = queued(d, Command::rw(0x02, 0, 8, false), 8 * 4096, None);
     assert_eq!(c.status, Status::SUCCESS);
     assert!(back == data);
     // Refused at admission, on the poller: exact zone statuses.
-    assert_eq!(
-        d.write(1, 3, &pattern(4096, 2), false).status,
-        Status::ZONE_INVALID_WRITE
-    );
-    assert_eq!(
-        d.write(1, 16 * 256, &pattern(4096, 2), false).status,
-        Status::LBA_RANGE
-    );
+    assert_eq!(write_q(d, 3, &pattern(4096, 2)), Status::ZONE_INVALID_WRITE);
+    assert_eq!(write_q(d, 16 * 256, &pattern(4096, 2)), Status::LBA_RANGE);
     // Zone Append reports the LBA it wrote.
-    let (c, _) = d.run_with_buffer(
-        1,
-        Command::rw(0x7d, z1, 2, false),
-        2 * 4096,
-        Some(&pattern(2 * 4096, 3)),
-    );
+    let append = |n| Command::rw(0x7d, z1, n, false);
+    let (c, _) = queued(d, append(2), 2 * 4096, Some(&pattern(2 * 4096, 3)));
     assert_eq!(c.status, Status::SUCCESS);
     assert_eq!(c.result64(), z1);
-    let (c, _) = d.run_with_buffer(
-        1,
-        Command::rw(0x7d, z1, 1, true),
-        4096,
-        Some(&pattern(4096, 4)),
-    );
+    let (c, _) = queued(d, append(1), 4096, Some(&pattern(4096, 4)));
     assert_eq!(c.result64(), z1 + 2);
-    let (_, back) = d.read(1, z1 + 2, 1);
+    let (_, back) = queued(d, Command::rw(0x02, z1 + 2, 1, false), 4096, None);
     assert!(back == pattern(4096, 4));
     // A buffer the guest never mapped: Data Transfer Error, and the zone is not advanced.
     let buf = d.alloc(4096);
     d.host.mem.unmap(buf, 4096);
-    let (p1, p2) = d.prps(buf, 4096);
-    let c = d.run(1, Command::rw(0x01, 8, 1, false).dptr(p1, p2));
-    assert_eq!(c.status, Status::DATA_TRANSFER);
+    let cid = d.submit(1, Command::rw(0x01, 8, 1, false).dptr(buf, 0));
+    d.submit(1, Command::new(0x00).nsid(1));
+    let c: Vec<_> = (0..2).map(|_| d.wait_reap(1).unwrap()).collect();
+    let bad = c.iter().find(|c| c.cid == cid).unwrap();
+    assert_eq!(bad.status, Status::DATA_TRANSFER);
     d.host.mem.remap_all();
-    assert_eq!(
-        d.write(1, 8, &pattern(4096, 5), false).status,
-        Status::SUCCESS
-    );
-    // Finished zone: Zone Is Full; Flush completes.
+    assert_eq!(write_q(d, 8, &pattern(4096, 5)), Status::SUCCESS);
+    // Finished zone: Zone Is Full.
     let c = d.run(1, Command::zone_send(0, 0x02, false));
     assert_eq!(c.status, Status::SUCCESS);
+    assert_eq!(write_q(d, 9, &pattern(4096, 6)), Status::ZONE_FULL);
     assert_eq!(
-        d.write(1, 9, &pattern(4096, 6), false).status,
-        Status::ZONE_FULL
+        d.host.mem.with_slices_calls(),
+        inline_before,
+        "every transfer above went through pinned buffers on the I/O threads"
     );
-    assert_eq!(d.run(1, Command::new(0x00).nsid(1)).status, Status::SUCCESS);
+    // Alone on its queue a command runs on the poller, with the same result.
+    assert_eq!(
+        d.write(1, z1 + 3, &pattern(4096, 7), false).status,
+        Status::SUCCESS
+    );
+    assert!(d.host.mem.with_slices_calls() > inline_before);
+    let (_, back) = d.read(1, z1 + 3, 1);
+    assert!(back == pattern(4096, 7));
 }
 
 #[test]
