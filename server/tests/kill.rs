@@ -190,6 +190,33 @@ struct Model {
 }
 
 impl Model {
+    /// Issue a write of `n` blocks at zone `z`'s write pointer (the host's view moves on).
+    fn issue_write(&mut self, z: usize, n: u32, fua: bool) -> Op {
+        let wid = self.next_wid;
+        self.next_wid += 1;
+        let zone = &mut self.zones[z];
+        let pos = zone.wp;
+        for i in 0..n {
+            zone.slots[(pos + u64::from(i)) as usize] = Slot::Issued(wid, i);
+        }
+        zone.wp += u64::from(n);
+        Op::Write {
+            z,
+            pos,
+            n,
+            wid,
+            fua,
+        }
+    }
+
+    /// Issue an append of `n` blocks to zone `z` (placed when it completes).
+    fn issue_append(&mut self, z: usize, n: u32) -> Op {
+        let wid = self.next_wid;
+        self.next_wid += 1;
+        self.zones[z].floating.push((wid, n));
+        Op::Append { z, n, wid }
+    }
+
     fn snapshot(&self) -> Vec<(u32, u64)> {
         self.zones
             .iter()
@@ -640,26 +667,11 @@ fn sync_ops(conn: &mut Conn, m: &mut Model, rng: &mut Rng, st: &mut Stats, n: u6
                 Op::Mgmt { z, action }
             } else if r < 50 {
                 let n = rng.range(1, MAX_WRITE.min(room)) as u32;
-                let wid = m.next_wid;
-                m.next_wid += 1;
-                let pos = m.zones[z].wp;
-                for i in 0..n {
-                    m.zones[z].slots[(pos + u64::from(i)) as usize] = Slot::Issued(wid, i);
-                }
-                m.zones[z].wp += u64::from(n);
-                Op::Write {
-                    z,
-                    pos,
-                    n,
-                    wid,
-                    fua: rng.chance(15),
-                }
+                let fua = rng.chance(15);
+                m.issue_write(z, n, fua)
             } else if r < 85 {
                 let n = rng.range(1, MAX_WRITE.min(room)) as u32;
-                let wid = m.next_wid;
-                m.next_wid += 1;
-                m.zones[z].floating.push((wid, n));
-                Op::Append { z, n, wid }
+                m.issue_append(z, n)
             } else {
                 let action = match rng.below(10) {
                     0 => zsa::RESET,
@@ -708,36 +720,18 @@ fn batch_and_kill(conn: &mut Conn, d: Daemon, m: &mut Model, rng: &mut Rng, st: 
             Mode::Writes | Mode::Appends if room == 0 => continue,
             Mode::Writes => {
                 let n = rng.range(1, MAX_WRITE.min(room)) as u32;
-                let wid = m.next_wid;
-                m.next_wid += 1;
-                let pos = m.zones[z].wp;
-                for i in 0..n {
-                    m.zones[z].slots[(pos + u64::from(i)) as usize] = Slot::Issued(wid, i);
-                }
-                m.zones[z].wp += u64::from(n);
                 // One queue per zone keeps the writes of a zone in order.
                 let qid = 1 + (z % 2) as u16;
                 let fua = rng.chance(20);
-                conn.submit(
-                    m,
-                    qid,
-                    Op::Write {
-                        z,
-                        pos,
-                        n,
-                        wid,
-                        fua,
-                    },
-                );
+                let op = m.issue_write(z, n, fua);
+                conn.submit(m, qid, op);
                 submitted.push(qid);
             }
             Mode::Appends => {
                 let n = rng.range(1, MAX_WRITE.min(room)) as u32;
-                let wid = m.next_wid;
-                m.next_wid += 1;
-                m.zones[z].floating.push((wid, n));
+                let op = m.issue_append(z, n);
                 let qid = 1 + rng.below(2) as u16;
-                conn.submit(m, qid, Op::Append { z, n, wid });
+                conn.submit(m, qid, op);
                 submitted.push(qid);
             }
             Mode::Mgmt => {
