@@ -192,7 +192,7 @@ impl Ctrl {
                     let stats = Arc::clone(&self.stats);
                     let id = self.id;
                     pool.submit(origin.sq.qid, &origin.sq.inbox, origin.cid, move || {
-                        let st = read_pinned(&ns, id, &stats, offset, bytes, first, &mut *bufs);
+                        let st = read_into(&ns, id, &stats, offset, bytes, first, &mut *bufs);
                         (st, 0, 0)
                     });
                     return Ok(Outcome::Queued);
@@ -208,40 +208,24 @@ impl Ctrl {
                 }
             }
         }
-        let mut img_err = None;
-        let r = env
-            .mem
-            .with_slices(&ranges, true, &mut |bufs: &mut [IoSliceMut<'_>]| {
-                self.ns.read(offset, bufs).map_err(|e| {
-                    img_err = Some(e);
-                    std::io::Error::other("image read failed")
-                })
-            });
-        if let Some(e) = img_err {
-            return Err(self.host_error(&e));
-        }
-        match r {
-            Ok(Ok(())) => {
-                self.stats.host_reads.fetch_add(1, Ordering::Relaxed);
-                self.stats.bytes_read.fetch_add(bytes, Ordering::Relaxed);
-                Ok(Outcome::status(Status::SUCCESS))
-            }
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, reason = "guest memory access failed", "data transfer error");
-                Err(if offline() {
-                    Status::ZONE_OFFLINE
-                } else {
-                    Status::DATA_TRANSFER
-                })
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, reason = "guest memory not mapped", "data transfer error");
-                Err(if offline() {
-                    Status::ZONE_OFFLINE
-                } else {
-                    Status::DATA_TRANSFER
-                })
-            }
+        let mut lent = Lent {
+            mem: env.mem,
+            ranges: &ranges,
+            for_write: true,
+        };
+        let st = read_into(
+            &self.ns,
+            self.id,
+            &self.stats,
+            offset,
+            bytes,
+            first,
+            &mut lent,
+        );
+        if st.is_success() {
+            Ok(Outcome::status(st))
+        } else {
+            Err(st)
         }
     }
 
@@ -314,10 +298,10 @@ impl Ctrl {
                     let (id, shift) = (self.id, self.geo.lba_shift);
                     pool.submit(origin.sq.qid, &origin.sq.inbox, origin.cid, move || {
                         match write_pinned(pending, id, &stats, fua, bufs) {
-                            Ok(at) => match written(op, at >> shift) {
-                                Outcome::Done { status, dw0, dw1 } => (status, dw0, dw1),
-                                _ => (Status::SUCCESS, 0, 0),
-                            },
+                            Ok(at) => {
+                                let (dw0, dw1) = result_dws(op, at >> shift);
+                                (Status::SUCCESS, dw0, dw1)
+                            }
                             Err(st) => (st, 0, 0),
                         }
                     });
@@ -388,15 +372,41 @@ pub(crate) struct Origin<'a> {
     cid: u16,
 }
 
-/// Successful completion of a write (`lba`: first LBA written, reported by Zone Append).
-fn written(op: Op, lba: u64) -> Outcome {
+/// CQE DW0/DW1 of a successful write: Zone Append reports `lba`, the first LBA written.
+fn result_dws(op: Op, lba: u64) -> (u32, u32) {
     match op {
-        Op::Write => Outcome::status(Status::SUCCESS),
-        Op::Append => Outcome::Done {
-            status: Status::SUCCESS,
-            dw0: (lba & 0xFFFF_FFFF) as u32,
-            dw1: (lba >> 32) as u32,
-        },
+        Op::Write => (0, 0),
+        Op::Append => ((lba & 0xFFFF_FFFF) as u32, (lba >> 32) as u32),
+    }
+}
+
+/// Successful completion of a write (see [`result_dws`]).
+fn written(op: Op, lba: u64) -> Outcome {
+    let (dw0, dw1) = result_dws(op, lba);
+    Outcome::Done {
+        status: Status::SUCCESS,
+        dw0,
+        dw1,
+    }
+}
+
+/// Guest memory lent for the duration of one call ([`GuestMemory::with_slices`]), seen as
+/// [`PinnedBuffers`](crate::PinnedBuffers), so that a transfer run on the poller and one run
+/// on an I/O thread share their code.
+struct Lent<'a> {
+    mem: &'a dyn crate::GuestMemory,
+    ranges: &'a [(u64, u64)],
+    for_write: bool,
+}
+
+impl crate::PinnedBuffers for Lent<'_> {
+    fn with(
+        &mut self,
+        f: &mut dyn FnMut(&mut [IoSliceMut<'_>]) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        self.mem
+            .with_slices(self.ranges, self.for_write, f)
+            .map_err(std::io::Error::other)?
     }
 }
 
@@ -410,8 +420,8 @@ fn image_status(ctrl: u32, e: &ImgError) -> Status {
     st
 }
 
-/// A Read's transfer on an I/O thread: image into the pinned guest buffers.
-fn read_pinned(
+/// A Read's transfer, on the poller or an I/O thread: image into the guest buffers.
+fn read_into(
     ns: &ZonedImage,
     ctrl: u32,
     stats: &Stats,
@@ -437,7 +447,7 @@ fn read_pinned(
             Status::SUCCESS
         }
         Err(e) => {
-            tracing::debug!(error = %e, reason = "guest memory access failed", "data transfer error");
+            tracing::debug!(error = %e, reason = "guest memory not mapped or not accessible", "data transfer error");
             let offline = ns
                 .zones(zone, 1)
                 .first()
