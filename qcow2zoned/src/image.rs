@@ -74,6 +74,11 @@ pub struct OpenOptions {
     /// inode lock exclusively, so writes to new blocks cannot run in parallel). The cost:
     /// the host file keeps the space of reset zones.
     pub keep_clusters_on_reset: bool,
+    /// Read data with `pread` only. By default a buffered (not `direct`) image file is also
+    /// mapped into memory, and reads of it are a copy from the page cache without a system
+    /// call; a fault there (an I/O error, a file cut short by someone else) falls back to
+    /// `pread` and its error.
+    pub pread_only: bool,
 }
 
 /// Zone options at create time (mirrors `-o zone.*`).
@@ -483,6 +488,7 @@ impl ZonedImage {
                 context: format!("opening {}", path.display()),
                 source,
             })?;
+        let st = if opts.pread_only { st } else { st.map_reads() };
         Self::open_with(Arc::new(st), opts)
     }
 

@@ -8,6 +8,7 @@ mod create;
 mod dataio;
 pub mod header;
 pub mod image;
+mod mapped;
 mod meta;
 pub mod options;
 pub mod qcow2;

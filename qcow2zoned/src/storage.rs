@@ -9,6 +9,8 @@ use std::io::{self, IoSlice, IoSliceMut};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
+use crate::mapped::FileMap;
+
 /// Positional, thread-safe access to the bytes of an image file.
 ///
 /// Writes are not durable until `sync_data` returns. Reads past the end return fewer bytes
@@ -78,10 +80,14 @@ pub trait Storage: Send + Sync {
 /// With `direct`, a second descriptor opened with `O_DIRECT` serves data I/O whose buffers,
 /// lengths and offset are all 4 KiB aligned; everything else (metadata, unaligned guest I/O)
 /// goes through the buffered descriptor.
+///
+/// With [`FileStorage::map_reads`] (buffered only), reads copy from a shared mapping of the
+/// file instead of calling `pread` (module `mapped`); writes always use `pwrite`.
 #[derive(Debug)]
 pub struct FileStorage {
     file: File,
     direct: Option<File>,
+    map: Option<FileMap>,
 }
 
 const DIRECT_ALIGN: usize = 4096;
@@ -104,7 +110,11 @@ impl FileStorage {
         } else {
             None
         };
-        Ok(FileStorage { file, direct })
+        Ok(FileStorage {
+            file,
+            direct,
+            map: None,
+        })
     }
 
     /// Create a new file; fails if it exists.
@@ -114,12 +124,34 @@ impl FileStorage {
             .write(true)
             .create_new(true)
             .open(path)?;
-        Ok(FileStorage { file, direct: None })
+        Ok(FileStorage {
+            file,
+            direct: None,
+            map: None,
+        })
     }
 
     /// Wrap an already open file.
     pub fn from_file(file: File) -> FileStorage {
-        FileStorage { file, direct: None }
+        FileStorage {
+            file,
+            direct: None,
+            map: None,
+        }
+    }
+
+    /// Serve reads from a shared mapping of the file where possible. Not with `direct`
+    /// (those reads must bypass the page cache); a no-op when the process cannot map.
+    pub fn map_reads(mut self) -> FileStorage {
+        if self.direct.is_none() && self.map.is_none() {
+            self.map = FileMap::new(&self.file);
+        }
+        self
+    }
+
+    /// Whether reads go through a mapping.
+    pub fn is_mapped(&self) -> bool {
+        self.map.is_some()
     }
 
     fn pick_write(&self, bufs: &[IoSlice<'_>], offset: u64) -> &File {
@@ -160,6 +192,13 @@ fn off_t(offset: u64) -> io::Result<libc::off_t> {
 
 impl Storage for FileStorage {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        if let Some(n) = self
+            .map
+            .as_ref()
+            .and_then(|m| m.read(&self.file, &mut [IoSliceMut::new(&mut *buf)], offset))
+        {
+            return Ok(n);
+        }
         let mut done = 0;
         while done < buf.len() {
             match self.file.read_at(&mut buf[done..], offset + done as u64) {
@@ -177,6 +216,13 @@ impl Storage for FileStorage {
     }
 
     fn readv_at(&self, bufs: &mut [IoSliceMut<'_>], offset: u64) -> io::Result<usize> {
+        if let Some(n) = self
+            .map
+            .as_ref()
+            .and_then(|m| m.read(&self.file, bufs, offset))
+        {
+            return Ok(n);
+        }
         let total: usize = bufs.iter().map(|b| b.len()).sum();
         let file = self.pick_read(bufs, offset);
         if let [one] = bufs {
@@ -260,6 +306,9 @@ impl Storage for FileStorage {
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
+        if let Some(m) = &self.map {
+            m.shrink(len);
+        }
         self.file.set_len(len)
     }
 

@@ -373,3 +373,54 @@ fn reset_keeping_clusters_never_shows_old_data_and_rewrites_in_place() {
     let rep = check_image(&FileStorage::open(&f, true, false).unwrap()).unwrap();
     assert_eq!(rep.exit_code(), 0, "{:?}", rep.messages);
 }
+
+/// Reads copy from a mapping of the image file by default. Interleaved with writes that
+/// grow the file (so the mapping must follow) and with a reset that keeps the clusters,
+/// they must return what `pread` returns, byte for byte, and match the written data.
+#[test]
+fn mapped_reads_follow_growth_and_resets_and_match_pread() {
+    let d = tmp();
+    let f = path_in(&d, "m.qcow2");
+    ZonedImage::create(&f, &opts(8 * MIB, MIB, 65536)).unwrap();
+    let pread = OpenOptions {
+        pread_only: true,
+        ..Default::default()
+    };
+    let keep = OpenOptions {
+        keep_clusters_on_reset: true,
+        ..Default::default()
+    };
+    let img = ZonedImage::open(&f, keep).unwrap();
+    let mut expect = vec![0u8; (8 * MIB) as usize];
+    // Each chunk lands in a new cluster; read it (and the neighbours) right away.
+    for (i, z) in [1u64, 3, 1, 5, 3, 1].into_iter().enumerate() {
+        let wp = img.zones(z as u32, 1)[0].wp;
+        let data: Vec<u8> = (0..70000u32).map(|k| (k * 13 + i as u32) as u8).collect();
+        write(&img, wp, &data);
+        expect[wp as usize..wp as usize + data.len()].copy_from_slice(&data);
+        assert!(
+            read(&img, wp - 1000.min(wp - z * MIB), 72000)
+                == expect[(wp - 1000.min(wp - z * MIB)) as usize..][..72000]
+        );
+    }
+    // Reset zone 3 (clusters kept) and rewrite less than before: the old tail reads zeros.
+    img.zone_action(Some(3), ZoneAction::Reset).unwrap();
+    expect[(3 * MIB) as usize..(4 * MIB) as usize].fill(0);
+    write(&img, 3 * MIB, &[0x77; 4096]);
+    expect[(3 * MIB) as usize..(3 * MIB + 4096) as usize].fill(0x77);
+    assert!(read(&img, 0, (8 * MIB) as usize) == expect);
+    img.flush().unwrap();
+    let ro = OpenOptions {
+        read_only: true,
+        ..pread
+    };
+    let other = ZonedImage::open(&f, ro).unwrap();
+    assert!(
+        read(&other, 0, (8 * MIB) as usize) == expect,
+        "pread sees the same bytes"
+    );
+    drop(other);
+    img.close().unwrap();
+    let img = ZonedImage::open(&f, pread).unwrap();
+    assert!(read(&img, 0, (8 * MIB) as usize) == expect);
+}

@@ -103,6 +103,10 @@ pub struct ServeArgs {
     /// them in place, which is faster, above all with --direct.
     #[arg(long)]
     pub discard_on_reset: bool,
+    /// Read the image with pread(2) only. By default (without --direct) the image file is
+    /// also mapped, and reads of data in the host page cache are a plain copy.
+    #[arg(long)]
+    pub pread_reads: bool,
     /// Data path: the image, or `null` to measure the command path alone.
     #[arg(long, value_enum, default_value_t = Backend::Qcow2)]
     pub backend: Backend,
@@ -122,6 +126,7 @@ impl Default for ServeArgs {
             direct: false,
             aio_threads: None,
             discard_on_reset: false,
+            pread_reads: false,
             backend: Backend::Qcow2,
         }
     }

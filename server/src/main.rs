@@ -51,6 +51,7 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
             cache: args.cache.into(),
             direct: args.direct,
             keep_clusters_on_reset: !args.discard_on_reset,
+            pread_only: args.pread_reads,
         },
     )
     .map_err(|e| format!("Cannot open {}: {e}", args.image.display()))?;
