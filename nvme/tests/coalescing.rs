@@ -55,3 +55,39 @@ fn interrupt_coalescing_aggregates_io_completions() {
     read(d);
     assert_eq!(d.host.irq.count(1), before + 3);
 }
+
+/// A pass over many commands raises the vector every 8 completions, so the host can reap
+/// while the pass goes on, plus once at its end for the rest; every completion is posted.
+/// With coalescing on, those raises go through the aggregation rules like any other.
+#[test]
+fn a_long_pass_raises_the_vector_every_eight_completions() {
+    let mut r = rig(Geo::default(), 4096);
+    let d = &mut r.d;
+    let buf = d.alloc(4096);
+    let pass = |d: &mut nvme::test_utils::Driver, n: usize| {
+        let before = d.host.irq.count(1);
+        let cids: Vec<u16> = (0..n)
+            .map(|_| d.submit(1, Command::rw(0x02, 0, 1, false).dptr(buf, 0)))
+            .collect();
+        d.process();
+        let got: Vec<u16> = std::iter::from_fn(|| d.reap(1))
+            .map(|c| {
+                assert_eq!(c.status, Status::SUCCESS);
+                c.cid
+            })
+            .collect();
+        assert_eq!(got, cids, "one pass runs them all");
+        d.host.irq.count(1) - before
+    };
+    assert_eq!(pass(d, 20), 3, "after 8, after 16, and at the end for 4");
+    assert_eq!(pass(d, 16), 2, "nothing left over at the end");
+    assert_eq!(pass(d, 1), 1);
+    // THR = 31 (32 entries), TIME = 255: twenty entries raise nothing yet ...
+    assert_eq!(
+        d.admin(Command::set_features(0x08, 0xFF1F)).status,
+        Status::SUCCESS
+    );
+    assert_eq!(pass(d, 20), 0);
+    // ... and the next twenty cross the threshold once (at the 33rd entry's raise, the 40th).
+    assert_eq!(pass(d, 20), 1);
+}
