@@ -431,10 +431,13 @@ fn proc_ticks(pid: u32) -> Option<u64> {
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
 
-fn proc_rss_kib(pid: u32) -> Option<u64> {
+/// RssAnon: the process's own memory. VmRSS would also count the shared pages it maps,
+/// the guest RAM a command's data went through and the image file pages reads copied from,
+/// which grow with the data moved, not with znsd's memory.
+fn proc_anon_kib(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     s.lines()
-        .find(|l| l.starts_with("VmRSS:"))?
+        .find(|l| l.starts_with("RssAnon:"))?
         .split_whitespace()
         .nth(1)?
         .parse()
@@ -692,7 +695,7 @@ fn main() {
 
     let tck = clk_tck();
     let t_znsd0 = a.pid.and_then(proc_ticks);
-    let rss0 = a.pid.and_then(proc_rss_kib);
+    let rss0 = a.pid.and_then(proc_anon_kib);
     let cpu0 = self_cpu();
 
     if a.job == Job::Idle {
@@ -709,10 +712,10 @@ fn main() {
             100.0 * znsd_cpu / secs
         );
         println!(
-            "RESULT label={} job=idle secs={secs:.2} znsd_cpu_pct={:.3} rss_kib={}",
+            "RESULT label={} job=idle secs={secs:.2} znsd_cpu_pct={:.3} anon_kib={}",
             a.label,
             100.0 * znsd_cpu / secs,
-            a.pid.and_then(proc_rss_kib).unwrap_or(0)
+            a.pid.and_then(proc_anon_kib).unwrap_or(0)
         );
         return;
     }
@@ -858,7 +861,7 @@ fn main() {
         (Some(x), Some(y)) => Some((y - x) as f64 / tck as f64),
         _ => None,
     };
-    let rss1 = a.pid.and_then(proc_rss_kib);
+    let rss1 = a.pid.and_then(proc_anon_kib);
     lat.sort_unstable();
     let iops = ios as f64 / secs;
     let bytes_per = if a.job == Job::Report { report_len } else { bs };
@@ -895,7 +898,7 @@ fn main() {
     println!(
         "RESULT label={} job={job} bs={bs} qd={qd} queues={} ios={ios} errors={errors} secs={secs:.3} \
          iops={iops:.0} mbps={mbps:.1} p50_us={p50:.2} p99_us={p99:.2} p999_us={p999:.2} \
-         znsd_cpu_us_per_io={:.3} znsd_core_pct={:.1} gen_cpu_us_per_io={:.3} rss_kib_before={} rss_kib_after={}",
+         znsd_cpu_us_per_io={:.3} znsd_core_pct={:.1} gen_cpu_us_per_io={:.3} anon_kib_before={} anon_kib_after={}",
         a.label,
         a.queues,
         znsd_cpu.map_or(f64::NAN, per_io),
