@@ -38,6 +38,56 @@ pub struct SubQueue {
     stale_tail: Option<u32>,
     /// Results of this queue's commands run by the I/O threads, waiting to be posted.
     pub inbox: std::sync::Arc<crate::aio::Inbox>,
+    /// Whether early interrupts pay off for this queue's host.
+    pub early: EarlyRaise,
+}
+
+/// Passes in a row whose early interrupt went unanswered before early interrupts pause.
+const EARLY_MISSES: u8 = 4;
+/// Passes (that got as far as an early interrupt) they then stay paused.
+const EARLY_PAUSE: u16 = 64;
+
+/// Whether raising the CQ's vector within a pass (`HostEnv::raise_every`) pays off for a
+/// queue: it does when the host answers, i.e. reaps and submits again before the pass
+/// ends, so that both work at once. A host that does not (it shares the CPUs with the
+/// poller, like a TCG guest, or is busy anyway) only pays for more interrupts: after
+/// [`EARLY_MISSES`] unanswered passes in a row, early interrupts pause for [`EARLY_PAUSE`]
+/// passes, then are tried again.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct EarlyRaise {
+    misses: u8,
+    paused: u16,
+}
+
+impl EarlyRaise {
+    /// May this pass raise early?
+    pub fn allowed(&self) -> bool {
+        self.paused == 0
+    }
+
+    /// The pass ended. `reached`: it posted enough completions for an early interrupt;
+    /// `raised`: it raised one; `answered`: the host submitted after the first of them,
+    /// before the pass ended.
+    pub fn end_pass(&mut self, reached: bool, raised: bool, answered: bool) {
+        if self.paused > 0 {
+            if reached {
+                self.paused -= 1;
+            }
+            return;
+        }
+        if !raised {
+            return;
+        }
+        if answered {
+            self.misses = 0;
+        } else {
+            self.misses += 1;
+            if self.misses >= EARLY_MISSES {
+                self.misses = 0;
+                self.paused = EARLY_PAUSE;
+            }
+        }
+    }
 }
 
 impl SubQueue {
@@ -51,6 +101,7 @@ impl SubQueue {
             cqid,
             bad_tail: None,
             stale_tail: None,
+            early: EarlyRaise::default(),
             inbox: std::sync::Arc::default(),
         }
     }
@@ -391,5 +442,35 @@ mod tests {
         let mut cq = CompQueue::new(1, 0x10_0000, 4, true, 1);
         assert!(cq.reserve());
         assert!(cq.post(&mem, Cqe::default(), Status::SUCCESS).is_err());
+    }
+
+    #[test]
+    fn early_interrupts_pause_after_unanswered_passes_and_come_back() {
+        let mut e = EarlyRaise::default();
+        // Answered passes keep them on; a pass that never got that far changes nothing.
+        for _ in 0..10 {
+            e.end_pass(true, true, true);
+            e.end_pass(false, false, false);
+        }
+        assert!(e.allowed());
+        // A miss then an answer: the count starts again.
+        for _ in 0..EARLY_MISSES - 1 {
+            e.end_pass(true, true, false);
+        }
+        e.end_pass(true, true, true);
+        assert!(e.allowed());
+        for _ in 0..EARLY_MISSES {
+            e.end_pass(true, true, false);
+        }
+        assert!(!e.allowed(), "paused after {EARLY_MISSES} misses in a row");
+        // Only passes that would have raised count down the pause.
+        for _ in 0..1000 {
+            e.end_pass(false, false, false);
+        }
+        assert!(!e.allowed());
+        for _ in 0..EARLY_PAUSE {
+            e.end_pass(true, false, false);
+        }
+        assert!(e.allowed(), "tried again");
     }
 }

@@ -257,6 +257,8 @@ pub struct FakeHost {
     pub doorbells: FakeDoorbells,
     /// Interrupts.
     pub irq: FakeInterrupts,
+    /// `HostEnv::raise_every` of the environments it hands out.
+    pub raise_every: usize,
 }
 
 impl FakeHost {
@@ -266,6 +268,7 @@ impl FakeHost {
             mem: FakeMemory::new(mem_size),
             doorbells: FakeDoorbells::default(),
             irq: FakeInterrupts::default(),
+            raise_every: crate::RAISE_EVERY,
         }
     }
     /// The environment to pass to the controller.
@@ -274,6 +277,7 @@ impl FakeHost {
             mem: &self.mem,
             doorbells: &self.doorbells,
             irq: &self.irq,
+            raise_every: self.raise_every,
         }
     }
 }

@@ -56,9 +56,10 @@ fn interrupt_coalescing_aggregates_io_completions() {
     assert_eq!(d.host.irq.count(1), before + 3);
 }
 
-/// A pass over many commands raises the vector every 8 completions, so the host can reap
-/// while the pass goes on, plus once at its end for the rest; every completion is posted.
-/// With coalescing on, those raises go through the aggregation rules like any other.
+/// A pass over many commands raises the vector every `raise_every` completions (8 here), so
+/// the host can reap while the pass goes on, plus once at its end for the rest; every
+/// completion is posted. With 0, once per pass. With coalescing on, those raises go through
+/// the aggregation rules like any other.
 #[test]
 fn a_long_pass_raises_the_vector_every_eight_completions() {
     let mut r = rig(Geo::default(), 4096);
@@ -82,6 +83,9 @@ fn a_long_pass_raises_the_vector_every_eight_completions() {
     assert_eq!(pass(d, 20), 3, "after 8, after 16, and at the end for 4");
     assert_eq!(pass(d, 16), 2, "nothing left over at the end");
     assert_eq!(pass(d, 1), 1);
+    d.host.raise_every = 0;
+    assert_eq!(pass(d, 20), 1, "once per pass");
+    d.host.raise_every = nvme::RAISE_EVERY;
     // THR = 31 (32 entries), TIME = 255: twenty entries raise nothing yet ...
     assert_eq!(
         d.admin(Command::set_features(0x08, 0xFF1F)).status,
@@ -90,4 +94,24 @@ fn a_long_pass_raises_the_vector_every_eight_completions() {
     assert_eq!(pass(d, 20), 0);
     // ... and the next twenty cross the threshold once (at the 33rd entry's raise, the 40th).
     assert_eq!(pass(d, 20), 1);
+}
+
+/// A host that never answers an early interrupt within the pass (here: nothing is submitted
+/// while a pass runs) gets them for a few passes, then only one per pass.
+#[test]
+fn early_interrupts_pause_for_a_host_that_does_not_answer() {
+    let mut r = rig(Geo::default(), 4096);
+    let d = &mut r.d;
+    let buf = d.alloc(4096);
+    let pass = |d: &mut nvme::test_utils::Driver| {
+        let before = d.host.irq.count(1);
+        for _ in 0..20 {
+            d.submit(1, Command::rw(0x02, 0, 1, false).dptr(buf, 0));
+        }
+        d.process();
+        assert_eq!(std::iter::from_fn(|| d.reap(1)).count(), 20);
+        d.host.irq.count(1) - before
+    };
+    let irqs: Vec<u64> = (0..6).map(|_| pass(d)).collect();
+    assert_eq!(irqs, [3, 3, 3, 3, 1, 1]);
 }

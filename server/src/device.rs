@@ -91,6 +91,7 @@ impl Device {
             mem: &self.ram,
             doorbells: &self.doorbells,
             irq: &self.irq,
+            raise_every: nvme::RAISE_EVERY,
         }
     }
 }
