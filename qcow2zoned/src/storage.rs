@@ -447,3 +447,32 @@ impl Storage for MemStorage {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Buffered files are mapped for reads and read the same either way; an O_DIRECT one is
+    /// never mapped (its reads must bypass the page cache).
+    #[test]
+    fn only_buffered_files_are_mapped_and_they_read_the_same() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        let data: Vec<u8> = (0..20000u32).map(|i| (i % 253) as u8).collect();
+        std::fs::write(&p, &data).unwrap();
+        let mapped = FileStorage::open(&p, false, false).unwrap().map_reads();
+        assert!(mapped.is_mapped());
+        let plain = FileStorage::open(&p, true, false).unwrap();
+        assert!(!plain.is_mapped());
+        let direct = FileStorage::open(&p, false, true).unwrap().map_reads();
+        assert!(!direct.is_mapped());
+        for (off, len) in [(0u64, 4096usize), (5000, 9000), (19000, 4000)] {
+            let mut a = vec![0u8; len];
+            let mut b = vec![0u8; len];
+            let na = mapped.read_at(&mut a, off).unwrap();
+            let nb = plain.read_at(&mut b, off).unwrap();
+            assert_eq!((na, &a[..na]), (nb, &b[..nb]), "at {off}+{len}");
+            assert_eq!(&a[..na], &data[off as usize..off as usize + na]);
+        }
+    }
+}
