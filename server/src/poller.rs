@@ -3,12 +3,12 @@
 //! Each poller calls the controller (`process_admin`, or `process_io(env, i, N)`) in a loop.
 //! Doorbells live in a shared memory page the guest writes without telling us, so pollers
 //! poll: while commands keep completing they spin; when idle they spin a little longer, then
-//! sleep with a growing interval (10 µs doubling up to [`MAX_SLEEP`]), so an idle znsd uses
-//! almost no CPU and a new doorbell is noticed within about a millisecond. After about 10 ms
-//! without work a poller stops polling: the doorbell watcher thread ("znsd-doorbells")
-//! scans the page every millisecond and wakes the poller owning a changed doorbell, so an
-//! idle controller costs one 1 kHz thread instead of one per poller (125 Hz after a second
-//! without any doorbell moving). The watcher only scans
+//! sleep with a growing interval (10 µs doubling up to [`MAX_SLEEP`], see `backoff_sleep`),
+//! so an idle znsd uses almost no CPU and a new doorbell is noticed within about a
+//! millisecond. After about 10 ms without work a poller stops polling: the doorbell watcher
+//! thread ("znsd-doorbells") scans the page every millisecond and wakes the poller owning a
+//! changed doorbell, so an idle controller costs one 1 kHz thread instead of one per poller
+//! (125 Hz after a second without any doorbell moving). The watcher only scans
 //! while some poller is deeply idle (pollers that are busy or backing off watch their own
 //! doorbells), and it sleeps with `thread::sleep` rather than a channel timeout, whose
 //! spin-and-yield backoff cost a busy 2-CPU host a quarter of znsd's CPU time. While the
@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 /// Longest idle sleep between two doorbell checks.
 pub const MAX_SLEEP: Duration = Duration::from_millis(1);
 /// How long a poller keeps spinning after its last command before it starts to sleep (then
-/// 10 µs sleeps, doubling): twice the host's recent turnaround (the time from a poller's
+/// [`backoff_sleep`]): twice the host's recent turnaround (the time from a poller's
 /// last command to the next one it finds, averaged), within [`SPIN_MIN`, `SPIN_MAX`], and
 /// only [`SPIN_MIN`] when the host takes longer than [`SPIN_MAX`] to come back, since
 /// spinning would then only take the CPU from it. Measured with a fixed window, all with
