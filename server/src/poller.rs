@@ -66,7 +66,9 @@ const DUE_TURNAROUNDS: u32 = 4;
 /// counts as submitting one command at a time. The test guest measured 1% at QD1, 27% for
 /// QD32 zone writes (most runs single commands, the others of 2-8), 65% for QD32 reads.
 /// Judged on commands per run instead (the average under 1.25), the zone writes' average
-/// of 1.55 dipped below often enough to lose a fifth of their rate to spinning.
+/// of 1.55 dipped below often enough to cost them: 1.07-1.20 of QEMU's device, against
+/// 1.30-1.47 with short spins. Turnarounds over [`DUE_SPIN_MAX`] get short spins: a host
+/// that slow is busy with its own work between commands and needs the CPU.
 const ONE_AT_A_TIME: u32 = 102;
 
 /// What a poller knows of the host's pace, from the commands it found.
