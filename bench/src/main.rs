@@ -81,6 +81,12 @@ struct Args {
     /// seqwrite: bytes to write (whole zones, default: 1 GiB).
     #[arg(long, default_value = "1G", value_parser = parse_size)]
     size: u64,
+    /// seqwrite: once every queue has written its zones, reset them all and write them
+    /// again, until `--runtime`. The resets (each one a durability point, which flushes the
+    /// pass just written) are left out of the elapsed time and of znsd's CPU time: the
+    /// figures are those of the writes.
+    #[arg(long = "loop")]
+    repeat: bool,
     /// seqwrite/append: first zone used.
     #[arg(long, default_value_t = 0)]
     zone_first: u64,
@@ -727,6 +733,13 @@ fn main() {
     let mut errors: u64 = 0;
     let mut first_error: Option<(u8, u16)> = None;
     let mut done = vec![false; queues.len()];
+    // --loop: queues whose pass is written, passes started again, time and znsd CPU ticks
+    // spent resetting (left out of the figures), and their values when measuring began.
+    let mut pass_done = vec![false; queues.len()];
+    let mut passes: u64 = 0;
+    let mut paused = Duration::ZERO;
+    let mut paused_ticks: u64 = 0;
+    let (mut paused0, mut paused_ticks0) = (Duration::ZERO, 0u64);
     let runtime = Duration::from_secs_f64(a.runtime);
     let ramp = Duration::from_secs_f64(a.ramp);
     let start = Instant::now();
@@ -746,10 +759,11 @@ fn main() {
     loop {
         iter = iter.wrapping_add(1);
         if iter & 63 == 0 {
-            let el = start.elapsed();
+            let el = start.elapsed().saturating_sub(paused);
             if !measuring && el >= ramp {
                 measuring = true;
                 t_meas = Instant::now();
+                (paused0, paused_ticks0) = (paused, paused_ticks);
                 znsd_meas0 = a.pid.and_then(proc_ticks);
                 cpu_meas0 = self_cpu();
                 lat.clear();
@@ -761,13 +775,18 @@ fn main() {
         }
         // Submit.
         for (qi, q) in queues.iter_mut().enumerate() {
-            if stopping || done[qi] {
+            if stopping || done[qi] || pass_done[qi] {
                 continue;
             }
             let mut now = None;
             while q.inflight < qd {
                 let Some((op, slba, zone)) = gens[qi].next(&g, bs_lbas) else {
-                    done[qi] = true;
+                    match &gens[qi] {
+                        Gen::Seq { zones, .. } if a.repeat && !zones.is_empty() => {
+                            pass_done[qi] = true
+                        }
+                        _ => done[qi] = true,
+                    }
                     break;
                 };
                 let Some(slot) = q.free.pop() else { break };
@@ -828,6 +847,36 @@ fn main() {
             }
         }
         let inflight: u32 = queues.iter().map(|q| q.inflight).sum();
+        if !stopping
+            && inflight == 0
+            && pass_done.iter().any(|p| *p)
+            && pass_done.iter().zip(&done).all(|(p, d)| *p || *d)
+        {
+            // --loop: every pass is written and complete; reset and start over.
+            let t = Instant::now();
+            let ticks = a.pid.and_then(proc_ticks);
+            for (qi, q) in queues.iter_mut().enumerate() {
+                let Gen::Seq { zones, at, off } = &mut gens[qi] else {
+                    continue;
+                };
+                if !std::mem::take(&mut pass_done[qi]) {
+                    continue;
+                }
+                for &z in zones.iter() {
+                    let c = sync_io(&mut h, q, Sqe::zone_send(z * g.zone_lbas, ZSA_RESET, false));
+                    if !c.ok() {
+                        fail(format!("Zone reset of zone {z}: status {:#x}", c.status));
+                    }
+                }
+                (*at, *off) = (0, 0);
+            }
+            paused += t.elapsed();
+            if let (Some(x), Some(y)) = (ticks, a.pid.and_then(proc_ticks)) {
+                paused_ticks += y - x;
+            }
+            passes += 1;
+            continue;
+        }
         let all_done = done.iter().all(|d| *d);
         if inflight == 0 && (stopping || all_done) {
             break;
@@ -855,10 +904,15 @@ fn main() {
             empty_rounds = 0;
         }
     }
-    let secs = t_meas.elapsed().as_secs_f64();
+    let secs = t_meas
+        .elapsed()
+        .saturating_sub(paused - paused0)
+        .as_secs_f64();
     let gen_cpu = (self_cpu() - cpu_meas0).as_secs_f64();
     let znsd_cpu = match (znsd_meas0, a.pid.and_then(proc_ticks)) {
-        (Some(x), Some(y)) => Some((y - x) as f64 / tck as f64),
+        (Some(x), Some(y)) => {
+            Some((y - x).saturating_sub(paused_ticks - paused_ticks0) as f64 / tck as f64)
+        }
         _ => None,
     };
     let rss1 = a.pid.and_then(proc_anon_kib);
@@ -891,6 +945,13 @@ fn main() {
             100.0 * z / secs
         );
     }
+    if passes > 0 {
+        println!(
+            "  --loop: {} passes; the resets between them took {:.2} s (not counted above)",
+            passes + 1,
+            paused.as_secs_f64()
+        );
+    }
     if errors > 0 {
         let (op, st) = first_error.unwrap_or((0, 0));
         println!("  {errors} commands failed (first: opcode {op:#x} status {st:#x})");
@@ -898,7 +959,8 @@ fn main() {
     println!(
         "RESULT label={} job={job} bs={bs} qd={qd} queues={} ios={ios} errors={errors} secs={secs:.3} \
          iops={iops:.0} mbps={mbps:.1} p50_us={p50:.2} p99_us={p99:.2} p999_us={p999:.2} \
-         znsd_cpu_us_per_io={:.3} znsd_core_pct={:.1} gen_cpu_us_per_io={:.3} anon_kib_before={} anon_kib_after={}",
+         znsd_cpu_us_per_io={:.3} znsd_core_pct={:.1} gen_cpu_us_per_io={:.3} anon_kib_before={} anon_kib_after={} \
+         passes={} reset_secs={:.3}",
         a.label,
         a.queues,
         znsd_cpu.map_or(f64::NAN, per_io),
@@ -906,6 +968,8 @@ fn main() {
         per_io(gen_cpu),
         rss0.unwrap_or(0),
         rss1.unwrap_or(0),
+        passes + 1,
+        paused.as_secs_f64(),
     );
     if errors > 0 && ios == 0 {
         std::process::exit(1);
