@@ -959,8 +959,7 @@ fn main() {
     println!(
         "RESULT label={} job={job} bs={bs} qd={qd} queues={} ios={ios} errors={errors} secs={secs:.3} \
          iops={iops:.0} mbps={mbps:.1} p50_us={p50:.2} p99_us={p99:.2} p999_us={p999:.2} \
-         znsd_cpu_us_per_io={:.3} znsd_core_pct={:.1} gen_cpu_us_per_io={:.3} anon_kib_before={} anon_kib_after={} \
-         passes={} reset_secs={:.3}",
+         znsd_cpu_us_per_io={:.3} znsd_core_pct={:.1} gen_cpu_us_per_io={:.3} anon_kib_before={} anon_kib_after={}{}",
         a.label,
         a.queues,
         znsd_cpu.map_or(f64::NAN, per_io),
@@ -968,8 +967,11 @@ fn main() {
         per_io(gen_cpu),
         rss0.unwrap_or(0),
         rss1.unwrap_or(0),
-        passes + 1,
-        paused.as_secs_f64(),
+        if a.repeat {
+            format!(" passes={} reset_secs={:.3}", passes + 1, paused.as_secs_f64())
+        } else {
+            String::new()
+        },
     );
     if errors > 0 && ios == 0 {
         std::process::exit(1);
