@@ -83,7 +83,7 @@ struct Args {
     size: u64,
     /// seqwrite: once every queue has written its zones, reset them all and write them
     /// again, until `--runtime`. The resets (each one a durability point, which flushes the
-    /// pass just written) are left out of the elapsed time and of znsd's CPU time: the
+    /// pass just written) are left out of the elapsed time and of both CPU times: the
     /// figures are those of the writes.
     #[arg(long = "loop")]
     repeat: bool,
@@ -365,6 +365,15 @@ struct IoQueue {
     slot_start: Vec<Instant>,
     slot_zone: Vec<u64>,
     pending_db: bool,
+}
+
+/// What `--loop`'s resets between passes took: wall time, znsd's CPU ticks and the
+/// generator's CPU time, all left out of the job's figures.
+#[derive(Debug, Clone, Copy, Default)]
+struct Excluded {
+    wall: Duration,
+    znsd_ticks: u64,
+    gen_cpu: Duration,
 }
 
 /// Per-queue state of a job.
@@ -733,13 +742,12 @@ fn main() {
     let mut errors: u64 = 0;
     let mut first_error: Option<(u8, u16)> = None;
     let mut done = vec![false; queues.len()];
-    // --loop: queues whose pass is written, passes started again, time and znsd CPU ticks
-    // spent resetting (left out of the figures), and their values when measuring began.
+    // --loop: queues whose pass is written, passes started again, what the resets took
+    // (left out of the figures), and that when measuring began.
     let mut pass_done = vec![false; queues.len()];
     let mut passes: u64 = 0;
-    let mut paused = Duration::ZERO;
-    let mut paused_ticks: u64 = 0;
-    let (mut paused0, mut paused_ticks0) = (Duration::ZERO, 0u64);
+    let mut paused = Excluded::default();
+    let mut paused0 = Excluded::default();
     let runtime = Duration::from_secs_f64(a.runtime);
     let ramp = Duration::from_secs_f64(a.ramp);
     let start = Instant::now();
@@ -759,11 +767,11 @@ fn main() {
     loop {
         iter = iter.wrapping_add(1);
         if iter & 63 == 0 {
-            let el = start.elapsed().saturating_sub(paused);
+            let el = start.elapsed().saturating_sub(paused.wall);
             if !measuring && el >= ramp {
                 measuring = true;
                 t_meas = Instant::now();
-                (paused0, paused_ticks0) = (paused, paused_ticks);
+                paused0 = paused;
                 znsd_meas0 = a.pid.and_then(proc_ticks);
                 cpu_meas0 = self_cpu();
                 lat.clear();
@@ -855,6 +863,7 @@ fn main() {
             // --loop: every pass is written and complete; reset and start over.
             let t = Instant::now();
             let ticks = a.pid.and_then(proc_ticks);
+            let cpu = self_cpu();
             for (qi, q) in queues.iter_mut().enumerate() {
                 let Gen::Seq { zones, at, off } = &mut gens[qi] else {
                     continue;
@@ -870,9 +879,10 @@ fn main() {
                 }
                 (*at, *off) = (0, 0);
             }
-            paused += t.elapsed();
+            paused.wall += t.elapsed();
+            paused.gen_cpu += self_cpu().saturating_sub(cpu);
             if let (Some(x), Some(y)) = (ticks, a.pid.and_then(proc_ticks)) {
-                paused_ticks += y - x;
+                paused.znsd_ticks += y - x;
             }
             passes += 1;
             continue;
@@ -906,12 +916,14 @@ fn main() {
     }
     let secs = t_meas
         .elapsed()
-        .saturating_sub(paused - paused0)
+        .saturating_sub(paused.wall - paused0.wall)
         .as_secs_f64();
-    let gen_cpu = (self_cpu() - cpu_meas0).as_secs_f64();
+    let gen_cpu = (self_cpu() - cpu_meas0)
+        .saturating_sub(paused.gen_cpu - paused0.gen_cpu)
+        .as_secs_f64();
     let znsd_cpu = match (znsd_meas0, a.pid.and_then(proc_ticks)) {
         (Some(x), Some(y)) => {
-            Some((y - x).saturating_sub(paused_ticks - paused_ticks0) as f64 / tck as f64)
+            Some((y - x).saturating_sub(paused.znsd_ticks - paused0.znsd_ticks) as f64 / tck as f64)
         }
         _ => None,
     };
@@ -949,7 +961,7 @@ fn main() {
         println!(
             "  --loop: {} passes; the resets between them took {:.2} s (not counted above)",
             passes + 1,
-            paused.as_secs_f64()
+            paused.wall.as_secs_f64()
         );
     }
     if errors > 0 {
@@ -968,7 +980,7 @@ fn main() {
         rss0.unwrap_or(0),
         rss1.unwrap_or(0),
         if a.repeat {
-            format!(" passes={} reset_secs={:.3}", passes + 1, paused.as_secs_f64())
+            format!(" passes={} reset_secs={:.3}", passes + 1, paused.wall.as_secs_f64())
         } else {
             String::new()
         },
