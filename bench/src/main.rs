@@ -522,6 +522,16 @@ fn main() {
             .unwrap_or_default(),
     );
     let lba = 1u64 << ((lbaf >> 16) & 0xff);
+    // Identify Controller: the largest transfer (MDTS, in units of the 4 KiB minimum page).
+    let c = h.admin_cmd(Sqe::identify(1, 0, 0).dptr(idbuf, 0));
+    if !c.ok() {
+        fail(format!(
+            "Identify Controller failed: status {:#x}",
+            c.status
+        ));
+    }
+    let mdts = h.read_ram(idbuf, 4096)[77];
+    let max_transfer = if mdts == 0 { u64::MAX } else { PAGE << mdts };
     let n = u32::from(a.queues) - 1;
     let c = h.admin_cmd(Sqe::set_features(7, n | (n << 16)));
     if !c.ok() || c.dw0 & 0xffff < n || c.dw0 >> 16 < n {
@@ -581,9 +591,11 @@ fn main() {
     // Zone geometry from a report of the whole namespace (on queue 1, synchronously).
     let bs_lbas = bs / lba;
     let report_len = {
-        // Upper bound on zones: namespace / smallest plausible zone (1 MiB), at least 64.
+        // Upper bound on zones: namespace / smallest plausible zone (1 MiB), at least 64;
+        // no more than one transfer holds (a report then covers the first zones only).
         let max_zones = (nsze * lba / (1 << 20)).clamp(64, 1 << 16);
-        64 + 64 * max_zones
+        let fit = max_transfer.saturating_sub(64) / 64;
+        64 + 64 * max_zones.min(fit)
     };
     let report_buf = h.alloc(report_len);
     let report_prp = h.prps(report_buf, report_len);
