@@ -512,8 +512,10 @@ impl Ctrl {
         let mut fetched = 0;
         let mut queued = 0;
         let mut unsignalled = 0;
-        // Early interrupts (HostEnv::raise_every), while they pay off for this queue.
+        // Early interrupts (HostEnv::raise_every), while they pay off for this queue, after
+        // half the host's depth (queue::HostDepth, observed when the pass finds work).
         let early = env.raise_every > 0 && sq.early.allowed();
+        let mut raise_at = env.raise_every;
         let mut reached = false;
         let mut tail_at_raise = None;
         if !self.halted.load(Ordering::Acquire) {
@@ -537,6 +539,10 @@ impl Ctrl {
                 let mut c = lock(cq);
                 let head = env.doorbells.cq_head(c.qid);
                 c.update_head(head);
+                if fetched == 0 && env.raise_every > 0 {
+                    sq.depth.observe(pending + c.used() + c.reserved);
+                    raise_at = sq.depth.raise_every(env.raise_every);
+                }
                 if !c.reserve() {
                     tracing::trace!(sqid = sq.qid, cqid = c.qid, "CQ full, fetching paused");
                     break;
@@ -572,7 +578,7 @@ impl Ctrl {
                     }
                     done += 1;
                     unsignalled += 1;
-                    if unsignalled == env.raise_every {
+                    if unsignalled == raise_at {
                         reached = true;
                         if early {
                             // The host can reap these and submit more while this pass

@@ -40,6 +40,39 @@ pub struct SubQueue {
     pub inbox: std::sync::Arc<crate::aio::Inbox>,
     /// Whether early interrupts pay off for this queue's host.
     pub early: EarlyRaise,
+    /// How many commands the host keeps outstanding on this queue (sets the early batch).
+    pub depth: HostDepth,
+}
+
+/// The host's queue depth as the poller can see it at the start of a pass: commands waiting
+/// in the SQ, plus those of its CQ's entries that are posted and not yet reaped or still
+/// reserved by commands in flight. The early interrupt then comes after half of that, so
+/// the host reaps and resubmits while the other half is being done: with 128 KiB writes at
+/// depth 8, raising every 8 (at the end of the pass) ran at 43.7k-46.2k IOPS, every 4 at
+/// 51.5k-56.0k; 4 KiB reads at depth 32 want 8 (docs/performance.md). A snapshot misses the
+/// commands the host is reaping or resubmitting at that moment, so the estimate rises at once
+/// and falls by a sixteenth of the gap per pass.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct HostDepth {
+    est: u32,
+}
+
+impl HostDepth {
+    /// A pass starts with `outstanding` commands in the host's hands or the controller's.
+    pub fn observe(&mut self, outstanding: u32) {
+        if outstanding >= self.est {
+            self.est = outstanding;
+        } else {
+            self.est -= (self.est - outstanding).div_ceil(16);
+        }
+    }
+
+    /// Completions to post before raising the vector early: half the depth, 1 to `cap`.
+    pub fn raise_every(&self, cap: usize) -> usize {
+        usize::try_from(self.est / 2)
+            .unwrap_or(cap)
+            .clamp(1, cap.max(1))
+    }
 }
 
 /// Passes in a row whose early interrupt went unanswered before early interrupts pause
@@ -104,6 +137,7 @@ impl SubQueue {
             bad_tail: None,
             stale_tail: None,
             early: EarlyRaise::default(),
+            depth: HostDepth::default(),
             inbox: std::sync::Arc::default(),
         }
     }
@@ -239,6 +273,11 @@ impl CompQueue {
     /// Record the head doorbell value seen at creation (non-zero = stale).
     pub fn set_stale_head(&mut self, head: u32) {
         self.stale_head = (head != 0).then_some(head);
+    }
+
+    /// Entries posted and not yet consumed by the host.
+    pub fn used(&self) -> u32 {
+        ring_used(self.head, self.tail, self.size)
     }
 
     /// Free slots not yet reserved (one slot always stays empty: full is tail + 1 == head).
@@ -444,6 +483,33 @@ mod tests {
         let mut cq = CompQueue::new(1, 0x10_0000, 4, true, 1);
         assert!(cq.reserve());
         assert!(cq.post(&mem, Cqe::default(), Status::SUCCESS).is_err());
+    }
+
+    #[test]
+    fn host_depth_rises_at_once_falls_slowly_and_sets_half_as_the_batch() {
+        let mut d = HostDepth::default();
+        assert_eq!(
+            d.raise_every(8),
+            1,
+            "nothing seen yet: raise at the first completion"
+        );
+        d.observe(8);
+        assert_eq!(d.raise_every(8), 4, "depth 8: half");
+        d.observe(32);
+        assert_eq!(d.raise_every(8), 8, "depth 32: capped");
+        // A pass that saw only the 8 the host had just resubmitted barely moves it.
+        d.observe(8);
+        assert_eq!(d.est, 30);
+        assert_eq!(d.raise_every(8), 8);
+        // A host that really went down to depth 2 is followed within some 60 passes.
+        for _ in 0..60 {
+            d.observe(2);
+        }
+        assert_eq!(d.est, 2);
+        assert_eq!(d.raise_every(8), 1);
+        d.observe(0);
+        assert_eq!(d.raise_every(8), 1);
+        assert_eq!(d.raise_every(0), 1, "a zero cap never yields a zero batch");
     }
 
     #[test]
