@@ -154,14 +154,15 @@ pub struct HostEnv<'a> {
     pub doorbells: &'a dyn Doorbells,
     /// Interrupts.
     pub irq: &'a dyn Interrupts,
-    /// Completions a pass posts to a CQ before it raises the CQ's vector without waiting for
-    /// the pass to end (0: once per pass only), so that the host can reap and resubmit
-    /// while the pass goes on. Each SQ keeps doing so only while its host answers in time
+    /// The most completions a pass posts to a CQ before it raises the CQ's vector without
+    /// waiting for the pass to end (0: once per pass only), so that the host can reap and
+    /// resubmit while the pass goes on. Each SQ raises after half its host's depth, up to
+    /// this (`queue::HostDepth`), and only while its host answers in time
     /// (`queue::EarlyRaise`).
     pub raise_every: usize,
 }
 
-/// The early-interrupt batch (see [`HostEnv::raise_every`]): 4 KiB reads at depth 32 on one
+/// The largest early-interrupt batch (see [`HostEnv::raise_every`]): 4 KiB reads at depth 32 on one
 /// queue pair of the load generator ran at 1.7x the IOPS of one raise per pass with 8, 1.5x
 /// with 4 or 16. docs/performance.md has the figures.
 pub const RAISE_EVERY: usize = 8;
