@@ -96,6 +96,32 @@ fn a_long_pass_raises_the_vector_every_eight_completions() {
     assert_eq!(pass(d, 20), 1);
 }
 
+/// The early batch follows the host's depth: half of what a pass finds outstanding (up to
+/// 8), so a host that keeps 8 commands in flight hears after 4 and can refill while the
+/// other 4 run.
+#[test]
+fn a_depth_eight_host_gets_its_early_interrupt_after_four() {
+    let mut r = rig(Geo::default(), 4096);
+    let d = &mut r.d;
+    let buf = d.alloc(4096);
+    let pass = |d: &mut nvme::test_utils::Driver, n: usize| {
+        let before = d.host.irq.count(1);
+        for _ in 0..n {
+            d.submit(1, Command::rw(0x02, 0, 1, false).dptr(buf, 0));
+        }
+        d.process();
+        assert_eq!(std::iter::from_fn(|| d.reap(1)).count(), n);
+        d.host.irq.count(1) - before
+    };
+    assert_eq!(pass(d, 8), 2, "after 4 and after 8");
+    assert_eq!(
+        pass(d, 6),
+        2,
+        "depth still taken as 8: after 4, then the 2 left at the end"
+    );
+    assert_eq!(pass(d, 1), 1);
+}
+
 /// A host that never answers an early interrupt within the pass (here: nothing is submitted
 /// while a pass runs) gets them for a few passes, then only one per pass.
 #[test]
