@@ -250,8 +250,7 @@ impl CompQueue {
         if head == self.head {
             return;
         }
-        let used = ring_used(self.head, self.tail, self.size);
-        let valid = head < self.size && ring_used(self.head, head, self.size) <= used;
+        let valid = head < self.size && ring_used(self.head, head, self.size) <= self.used();
         if !valid {
             if self.bad_head != Some(head) {
                 tracing::debug!(
@@ -282,8 +281,7 @@ impl CompQueue {
 
     /// Free slots not yet reserved (one slot always stays empty: full is tail + 1 == head).
     pub fn free(&self) -> u32 {
-        let used = ring_used(self.head, self.tail, self.size);
-        (self.size - 1 - used).saturating_sub(self.reserved)
+        (self.size - 1 - self.used()).saturating_sub(self.reserved)
     }
 
     /// Reserve a slot for a command about to be fetched.
