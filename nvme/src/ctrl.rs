@@ -513,7 +513,8 @@ impl Ctrl {
         let mut queued = 0;
         let mut unsignalled = 0;
         // Early interrupts (HostEnv::raise_every), while they pay off for this queue, after
-        // half the host's depth (queue::HostDepth, observed when the pass finds work).
+        // three quarters of the host's depth (queue::HostDepth, observed when the pass finds
+        // work).
         let early = env.raise_every > 0 && sq.early.allowed();
         let mut raise_at = env.raise_every;
         let mut reached = false;
