@@ -770,6 +770,9 @@ fn main() {
     let mut stopping = false;
     let mut iter: u32 = 0;
     let mut empty_rounds: u32 = 0;
+    // No completion for this long while commands are out: the server died or hung.
+    const STALL: Duration = Duration::from_secs(30);
+    let mut progress = Instant::now();
     let slot_opc = |g: &Gen| match g {
         Gen::Rand { .. } => opc::READ,
         Gen::Seq { .. } => opc::WRITE,
@@ -897,6 +900,7 @@ fn main() {
                 paused.znsd_ticks += y - x;
             }
             passes += 1;
+            progress = Instant::now();
             continue;
         }
         let all_done = done.iter().all(|d| *d);
@@ -912,6 +916,9 @@ fn main() {
             for e in &h.irqs[1..] {
                 let _ = e.read();
             }
+            if progress.elapsed() > STALL {
+                fail("commands never completed");
+            }
         } else if reaped == 0 {
             empty_rounds += 1;
             // Hybrid polling: give the CPU away after a while without completions, so that
@@ -919,11 +926,12 @@ fn main() {
             if a.yield_after > 0 && empty_rounds >= a.yield_after {
                 std::thread::yield_now();
             }
-            if iter & 63 == 0 && start.elapsed() > ramp + runtime * 4 + Duration::from_secs(30) {
+            if iter & 63 == 0 && progress.elapsed() > STALL {
                 fail("commands never completed");
             }
         } else {
             empty_rounds = 0;
+            progress = Instant::now();
         }
     }
     let secs = t_meas
