@@ -3,6 +3,7 @@
 # and against QEMU's built-in ZNS device. Not a test: it prints one line per
 # job and repetition,
 #   PERF <job> <rep> <fio terse v3 line>
+#   PERF irqs <job> <rep> <interrupts taken on the NVMe vectors during the job>
 # (percentile_list=50:99:99.9, so the three clat percentiles of each
 # direction are the first three percentile fields), then
 #   PERF report <rep> <reports> <seconds> [<p50 us> <p99 us>]
@@ -37,13 +38,20 @@ moz=""
 # The block layer's scheduler is left as is (none; zone write plugging orders
 # the writes of a zone).
 want() { [ "$JOBS" = all ] || case ",$JOBS," in *",$1,"*) true ;; *) false ;; esac; }
+# Interrupts taken so far on the NVMe controller's vectors, all CPUs.
+nvme_irqs() {
+    awk '/nvme/ { for (i = 2; i <= NF; i++) { if ($i !~ /^[0-9]+$/) break; s += $i } }
+        END { print s + 0 }' /proc/interrupts
+}
 perf_fio() { # JOB REP fio-args...
     job=$1 rep=$2; shift 2
     want "$job" || return 0
+    irq0=$(nvme_irqs)
     if fio --name="$job" --filename="$DEV" --direct=1 --zonemode=zbd --ioengine="$ENGINE" \
         ${moz:+"$moz"} --group_reporting --eta=never --minimal --percentile_list=50:99:99.9 \
         --output=/tmp/perf.out "$@"; then
         sed "s/^/PERF $job $rep /" /tmp/perf.out
+        echo "PERF irqs $job $rep $(($(nvme_irqs) - irq0))"
     else
         fail "fio $job exited with $?"
         cat /tmp/perf.out
