@@ -156,8 +156,8 @@ pub struct HostEnv<'a> {
     pub irq: &'a dyn Interrupts,
     /// The most completions a pass posts to a CQ before it raises the CQ's vector without
     /// waiting for the pass to end (0: once per pass only), so that the host can reap and
-    /// resubmit while the pass goes on. Each SQ raises after three quarters of its host's depth, up to
-    /// this (`queue::HostDepth`), and only while its host answers in time
+    /// resubmit while the pass goes on. Each SQ raises after three quarters of its host's
+    /// depth, up to this (`queue::HostDepth`), and only while its host answers in time
     /// (`queue::EarlyRaise`).
     pub raise_every: usize,
 }
