@@ -7,6 +7,25 @@ use nvme::test_utils::Command;
 use nvme::Status;
 use std::time::Duration;
 
+/// One pass of `n` one-block reads of queue 1 into `buf`: submits them all, lets the
+/// controller run once, checks that every one completed successfully and in order, and
+/// returns the interrupts raised on vector 1 meanwhile.
+fn read_pass(d: &mut nvme::test_utils::Driver, buf: u64, n: usize) -> u64 {
+    let before = d.host.irq.count(1);
+    let cids: Vec<u16> = (0..n)
+        .map(|_| d.submit(1, Command::rw(0x02, 0, 1, false).dptr(buf, 0)))
+        .collect();
+    d.process();
+    let got: Vec<u16> = std::iter::from_fn(|| d.reap(1))
+        .map(|c| {
+            assert_eq!(c.status, Status::SUCCESS);
+            c.cid
+        })
+        .collect();
+    assert_eq!(got, cids, "one pass runs them all");
+    d.host.irq.count(1) - before
+}
+
 #[test]
 fn interrupt_coalescing_aggregates_io_completions() {
     let mut r = rig(Geo::default(), 4096);
@@ -65,21 +84,7 @@ fn a_long_pass_raises_the_vector_every_eight_completions() {
     let mut r = rig(Geo::default(), 4096);
     let d = &mut r.d;
     let buf = d.alloc(4096);
-    let pass = |d: &mut nvme::test_utils::Driver, n: usize| {
-        let before = d.host.irq.count(1);
-        let cids: Vec<u16> = (0..n)
-            .map(|_| d.submit(1, Command::rw(0x02, 0, 1, false).dptr(buf, 0)))
-            .collect();
-        d.process();
-        let got: Vec<u16> = std::iter::from_fn(|| d.reap(1))
-            .map(|c| {
-                assert_eq!(c.status, Status::SUCCESS);
-                c.cid
-            })
-            .collect();
-        assert_eq!(got, cids, "one pass runs them all");
-        d.host.irq.count(1) - before
-    };
+    let pass = |d: &mut nvme::test_utils::Driver, n: usize| read_pass(d, buf, n);
     assert_eq!(pass(d, 20), 3, "after 8, after 16, and at the end for 4");
     assert_eq!(pass(d, 16), 2, "nothing left over at the end");
     assert_eq!(pass(d, 1), 1);
@@ -104,15 +109,7 @@ fn a_depth_eight_host_gets_its_early_interrupt_after_six() {
     let mut r = rig(Geo::default(), 4096);
     let d = &mut r.d;
     let buf = d.alloc(4096);
-    let pass = |d: &mut nvme::test_utils::Driver, n: usize| {
-        let before = d.host.irq.count(1);
-        for _ in 0..n {
-            d.submit(1, Command::rw(0x02, 0, 1, false).dptr(buf, 0));
-        }
-        d.process();
-        assert_eq!(std::iter::from_fn(|| d.reap(1)).count(), n);
-        d.host.irq.count(1) - before
-    };
+    let pass = |d: &mut nvme::test_utils::Driver, n: usize| read_pass(d, buf, n);
     assert_eq!(pass(d, 8), 2, "after 6 and after 8");
     // The estimate falls slowly (to 7: a batch of 5), so a pass of 5 raises once, at its
     // last completion; half the depth would have raised after 3 and again at the end.
@@ -127,16 +124,7 @@ fn early_interrupts_pause_for_a_host_that_does_not_answer() {
     let mut r = rig(Geo::default(), 4096);
     let d = &mut r.d;
     let buf = d.alloc(4096);
-    let pass = |d: &mut nvme::test_utils::Driver| {
-        let before = d.host.irq.count(1);
-        for _ in 0..20 {
-            d.submit(1, Command::rw(0x02, 0, 1, false).dptr(buf, 0));
-        }
-        d.process();
-        assert_eq!(std::iter::from_fn(|| d.reap(1)).count(), 20);
-        d.host.irq.count(1) - before
-    };
-    let irqs: Vec<u64> = (0..10).map(|_| pass(d)).collect();
+    let irqs: Vec<u64> = (0..10).map(|_| read_pass(d, buf, 20)).collect();
     assert_eq!(
         irqs,
         [3, 3, 3, 3, 3, 3, 3, 3, 1, 1],
